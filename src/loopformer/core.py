@@ -1,0 +1,223 @@
+"""The task-invariant recurrent core: s_0 = init(e); s_{t+1} = step(s_t, e, t) for t < T.
+
+The core knows nothing about tokens or tasks. It takes the prelude output `e` (B, T, d) and an
+`AttentionContext`, and returns the final state. Each variant (injection, state init, step
+embedding) is a small module or function chosen by a config value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .layers import AttentionContext, RMSNorm, make_block
+
+Blocks = Callable[[torch.Tensor], torch.Tensor]
+
+# Largest per-channel decay of the LTI injection. 1 - 1/128 stays below 1 in fp32 and keeps the
+# decay visible after bf16 rounding of the state (bf16 spacing just below 1 is 2**-8).
+LTI_MAX_DECAY = 1.0 - 1.0 / 128
+
+
+def _plus(x: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+    return x if p is None else x + p
+
+
+class AddInjection(nn.Module):
+    """s_{t+1} = B(s_t + e)  (looped transformers, Fan et al. 2024)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+
+    def forward(self, s, e, p, blocks: Blocks):
+        return blocks(_plus(s + e, p))
+
+
+class ConcatInjection(nn.Module):
+    """s_{t+1} = B(W [s_t ; e]), W: 2d -> d without bias  (Huginn, Geiping et al. 2025)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.adapter = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, s, e, p, blocks: Blocks):
+        return blocks(_plus(self.adapter(torch.cat((s, e), dim=-1)), p))
+
+
+class LTIInjection(nn.Module):
+    """s_{t+1} = A*s_t + B*e + R(s_t, e), A diagonal in (0, LTI_MAX_DECAY]  (Parcae 2026).
+
+    A = LTI_MAX_DECAY * sigmoid(theta) is computed in fp32, so no parameter value and no model
+    dtype can reach 1 (OpenMythos's exp(-exp(x)) with a clamp reaches exactly 1.0). R is the
+    shared stack's residual update B(x) - x: bounded for pre-norm blocks (each branch sees a
+    normalised input), and for sandwich blocks it turns the state coefficient into A - 1, whose
+    magnitude is also < 1. Either way the state stays bounded for any number of steps.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        # Spread the initial decays over [0.5, 0.95] so channels hold memory for 1-20 steps.
+        target = torch.linspace(0.5, 0.95, cfg.d_model) / LTI_MAX_DECAY
+        self.decay_logit = nn.Parameter(torch.logit(target))
+        self.input_gain = nn.Parameter(torch.ones(cfg.d_model))
+
+    def decay(self) -> torch.Tensor:
+        return LTI_MAX_DECAY * torch.sigmoid(self.decay_logit.float())
+
+    def forward(self, s, e, p, blocks: Blocks):
+        x = _plus(s + e, p)
+        residual = blocks(x).float() - x.float()
+        s_next = self.decay() * s.float() + self.input_gain.float() * e.float() + residual
+        return s_next.to(s.dtype)
+
+
+class GatedInjection(nn.Module):
+    """h = B(s_t + p_t); z = sigmoid(W_z [h ; s_t] + b_z); s_{t+1} = z*h + (1-z)*s_t  (Chen 2026).
+
+    b_z starts at gate_bias_init (-2: each step keeps ~88% of the state), an identity bias.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=True)
+        self.gate_bias_init = cfg.gate_bias_init
+
+    def reset_gate(self) -> None:
+        nn.init.constant_(self.gate.bias, self.gate_bias_init)
+
+    def forward(self, s, e, p, blocks: Blocks):
+        h = blocks(_plus(s, p))
+        z = torch.sigmoid(self.gate(torch.cat((h, s), dim=-1)))
+        return s + z * (h - s)
+
+
+INJECTIONS = {"add": AddInjection, "concat": ConcatInjection, "lti": LTIInjection,
+              "gated": GatedInjection}
+
+
+class NoStepEmbedding(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+
+    def forward(self, step: int, like: torch.Tensor) -> None:
+        return None
+
+
+class LearnedStepEmbedding(nn.Module):
+    """A table of max_step_embeddings rows; a step beyond the table reuses the last row."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.table = nn.Embedding(cfg.max_step_embeddings, cfg.d_model)
+
+    def forward(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        return self.table.weight[min(step, self.table.num_embeddings - 1)].to(like.dtype)
+
+
+class SinusoidalStepEmbedding(nn.Module):
+    """Transformer-style sin/cos code of the step index; defined for any step."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        half = cfg.d_model // 2
+        inv_freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        angles = step * self.inv_freq.float()
+        code = torch.cat((angles.sin(), angles.cos()))
+        if code.shape[0] < like.shape[-1]:  # odd d_model
+            code = torch.cat((code, code.new_zeros(1)))
+        return code.to(like.dtype)
+
+
+STEP_EMBEDDINGS = {"none": NoStepEmbedding, "learned": LearnedStepEmbedding,
+                   "sinusoidal": SinusoidalStepEmbedding}
+
+
+def init_state(kind: str, e: torch.Tensor, noise_std: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """s_0 for state_init = zeros | embed | noise (truncated normal at +-3 std, as in Huginn)."""
+    if kind == "zeros":
+        return torch.zeros_like(e)
+    if kind == "embed":
+        return e
+    noise = torch.empty(e.shape, dtype=torch.float32, device=e.device)
+    nn.init.trunc_normal_(noise, std=noise_std, a=-3 * noise_std, b=3 * noise_std,
+                          generator=generator)
+    return noise.to(e.dtype)
+
+
+def split_steps(num_steps) -> tuple[int, int]:
+    """num_steps -> (steps without grad, steps with grad), with a clear error on bad input."""
+    if isinstance(num_steps, int) and not isinstance(num_steps, bool):
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        return 0, num_steps
+    if (isinstance(num_steps, (tuple, list)) and len(num_steps) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in num_steps)):
+        n_nograd, n_grad = num_steps
+        if n_nograd < 0 or n_grad < 1:
+            raise ValueError("num_steps=(n_nograd, n_grad) needs n_nograd >= 0 and n_grad >= 1, "
+                             f"got {tuple(num_steps)}")
+        return n_nograd, n_grad
+    raise ValueError("num_steps must be an int >= 1 or a pair (n_nograd, n_grad) of ints, "
+                     f"got {num_steps!r}")
+
+
+@dataclass
+class CoreOutput:
+    state: torch.Tensor  # (B, T, d): the state after the last step
+    states: list[torch.Tensor] | None = None  # the state after each gradient step, if collected
+
+
+class RecurrentCore(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.injection = INJECTIONS[cfg.injection](cfg)
+        self.step_embedding = STEP_EMBEDDINGS[cfg.step_embedding](cfg)
+        self.blocks = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_core))
+        # A pre-norm residual stream grows with every step (|s_T| ~ T under "add"); renormalising
+        # the stack's output keeps the state bounded. Sandwich blocks already end in a norm, and
+        # the LTI update bounds the state itself.
+        renormalise = cfg.norm == "pre" and cfg.injection != "lti"
+        self.out_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if renormalise else nn.Identity()
+
+    def run_blocks(self, x: torch.Tensor, ctx: AttentionContext, step: int) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, ctx, ("core", step, i))
+        return self.out_norm(x)
+
+    def step(self, s: torch.Tensor, e: torch.Tensor, t: int, ctx: AttentionContext):
+        return self.injection(s, e, self.step_embedding(t, s),
+                              lambda x: self.run_blocks(x, ctx, t))
+
+    def forward(self, e: torch.Tensor, ctx: AttentionContext, num_steps, *,
+                generator: torch.Generator | None = None,
+                collect_states: bool = False) -> CoreOutput:
+        n_nograd, n_grad = split_steps(num_steps)
+        s = init_state(self.cfg.state_init, e, self.cfg.noise_std, generator)
+        if n_nograd:
+            # Truncated backprop (Huginn): these steps store no activations, so training memory
+            # does not grow with n_nograd.
+            with torch.no_grad():
+                for t in range(n_nograd):
+                    s = self.step(s, e, t, ctx)
+        states = [] if collect_states else None
+        for t in range(n_nograd, n_nograd + n_grad):
+            s = self.step(s, e, t, ctx)
+            if states is not None:
+                states.append(s)
+        return CoreOutput(state=s, states=states)
+
+    def spectral_radius(self) -> float | None:
+        """Spectral radius of the linear state-to-state map A for injection='lti', else None."""
+        if not isinstance(self.injection, LTIInjection):
+            return None
+        return float(self.injection.decay().detach().max())

@@ -1,0 +1,167 @@
+"""Transformer building blocks: RMSNorm, RoPE, grouped-query attention, SwiGLU, blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 so bf16 activations do not lose the mean-square.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Real cos/sin tables, always kept in fp32.
+
+    `model.to(torch.bfloat16)` casts every floating buffer; `_apply` rebuilds the tables in fp32
+    afterwards, so positions stay exact after a round trip through any dtype.
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10000.0):
+        super().__init__()
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        cos, sin = self._tables(torch.device("cpu"))
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        half = self.head_dim // 2
+        inv_freq = self.theta ** (-torch.arange(half, dtype=torch.float64, device="cpu") / half)
+        positions = torch.arange(self.max_seq_len, dtype=torch.float64, device="cpu")
+        angles = positions[:, None] * inv_freq[None]
+        return (angles.cos().float().to(device), angles.sin().float().to(device))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.cos, self.sin = self._tables(self.cos.device)
+        return self
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, T) long -> cos, sin (B, 1, T, head_dim/2) in fp32."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+
+@dataclass
+class AttentionContext:
+    """Everything attention needs that is the same for every block of one forward pass.
+
+    Built once per call so the recurrent loop does no mask or table work per step.
+    """
+
+    cos: torch.Tensor  # (B, 1, T, head_dim/2) fp32
+    sin: torch.Tensor
+    mask: torch.Tensor | None  # bool (B, 1, T, T_keys), True = may attend; None = see is_causal
+    is_causal: bool
+    positions: torch.Tensor  # (B, T) RoPE positions of the new tokens
+    token_mask: torch.Tensor  # (B, T) bool, True = real token, False = padding
+    cache: Any = None  # a KVCache when decoding incrementally
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        # One fused projection for q, k and v: one matmul instead of three.
+        self.qkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim,
+                             bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, slot: Hashable | None = None):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
+             self.n_kv_heads * self.head_dim], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if ctx.cache is not None and slot is not None:
+            k, v = ctx.cache.update(slot, k, v)
+        if self.n_kv_heads != self.n_heads:
+            groups = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.ffn_width, bias=False)
+        self.down = nn.Linear(cfg.ffn_width, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class LayerScale(nn.Module):
+    """Per-channel gamma on a residual branch (Touvron et al. 2021; Chen 2026 init 1e-4)."""
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def _branch_scale(cfg: ModelConfig) -> nn.Module:
+    return nn.Identity() if cfg.layer_scale_init is None else LayerScale(cfg.d_model,
+                                                                         cfg.layer_scale_init)
+
+
+class PreNormBlock(nn.Module):
+    """x = x + attn(n(x)); x = x + mlp(n(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm, self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps), RMSNorm(cfg.d_model,
+                                                                                   cfg.norm_eps)
+        self.attn, self.mlp = Attention(cfg), SwiGLU(cfg)
+        self.attn_scale, self.mlp_scale = _branch_scale(cfg), _branch_scale(cfg)
+
+    def forward(self, x, ctx: AttentionContext, slot: Hashable | None = None):
+        x = x + self.attn_scale(self.attn(self.attn_norm(x), ctx, slot))
+        return x + self.mlp_scale(self.mlp(self.mlp_norm(x)))
+
+
+class SandwichBlock(PreNormBlock):
+    """Huginn's sandwich norm: x = n2(x + attn(n1 x)); x = n4(x + mlp(n3 x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.attn_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp_out_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def forward(self, x, ctx: AttentionContext, slot: Hashable | None = None):
+        x = self.attn_out_norm(x + self.attn_scale(self.attn(self.attn_norm(x), ctx, slot)))
+        return self.mlp_out_norm(x + self.mlp_scale(self.mlp(self.mlp_norm(x))))
+
+
+BLOCKS = {"pre": PreNormBlock, "sandwich": SandwichBlock}
+
+
+def make_block(cfg: ModelConfig) -> nn.Module:
+    return BLOCKS[cfg.norm](cfg)
