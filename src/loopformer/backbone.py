@@ -7,7 +7,7 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelConfig
-from .core import CoreOutput, RecurrentCore
+from .core import CoreOutput, FixedDepthCore, RecurrentCore
 from .layers import AttentionContext, RMSNorm, RotaryEmbedding, make_block
 
 
@@ -15,9 +15,10 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta) \
+            if cfg.rope else None
         self.prelude = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_prelude))
-        self.core = RecurrentCore(cfg)
+        self.core = RecurrentCore(cfg) if cfg.core == "recurrent" else FixedDepthCore(cfg)
         self.coda = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_coda))
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
 
@@ -49,7 +50,7 @@ class Backbone(nn.Module):
         return self.decode(core_out.state, ctx), core_out
 
 
-def make_context(rope: RotaryEmbedding, causal: bool, batch: int, length: int,
+def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length: int,
                  device: torch.device, attention_mask: torch.Tensor | None,
                  structure_mask: torch.Tensor | None,
                  cache: KVCache | None) -> AttentionContext:
@@ -73,7 +74,7 @@ def make_context(rope: RotaryEmbedding, causal: bool, batch: int, length: int,
     # Left padding shifts positions so that a sequence's first real token is at position 0.
     start = cache.next_position if past else torch.zeros(batch, dtype=torch.long, device=device)
     positions = start[:, None] + (new_mask.long().cumsum(1) - 1).clamp(min=0)
-    cos, sin = rope(positions)
+    cos, sin = rope(positions) if rope is not None else (None, None)
     common = dict(positions=positions, token_mask=new_mask, cache=cache)
 
     keys = new_mask if not past else torch.cat((cache.key_mask, new_mask), dim=1)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Literal
 
 import torch
 import tyro
+from tyro.conf import Positional
 
+from .checkpoint import CheckpointError
 from .config import ModelConfig
 from .lm import LoopLM
 
@@ -39,13 +42,95 @@ def demo(preset: str = "tiny", injection: Literal["add", "concat", "lti", "gated
     print("Same weights, same prompt: only num_steps, chosen at call time, changed the output.")
 
 
-COMMANDS = {"demo": demo}
+def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed: int = 0,
+          out: Path = Path("runs/graph-quick"), resume: bool = False, steps: int | None = None,
+          alpha: float | None = None,
+          baseline: Literal["none", "param", "compute"] = "none", bf16: bool = False,
+          threads: int | None = None, progress: bool = True) -> None:
+    """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
+
+    --resume continues the run in --out from its newest checkpoint with its stored
+    configuration (the other recipe flags are then ignored); without a run there, it starts one.
+    --baseline param|compute trains the fixed-depth model without recurrence instead: one
+    untied copy of the core (same parameters) or as many as the mean training depth (same
+    compute).
+    """
+    from .recipes import recipe
+    from .train import Trainer, TrainConfig, load_config
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if resume and (out / "config.json").is_file():
+        model_cfg, train_cfg = load_config(out)
+        print(f"resuming {out} ({train_cfg.task}, {train_cfg.steps} steps)")
+    else:
+        resume = False
+        model_cfg, train_cfg = recipe(task, preset)
+        changes = {"seed": seed}
+        if steps is not None:
+            changes["steps"] = steps
+        if alpha is not None:
+            changes["alpha"] = alpha
+        train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), **changes})
+        if baseline != "none":
+            depth = 1 if baseline == "param" else round(
+                train_cfg.depth_mean if train_cfg.depth != "uniform"
+                else (train_cfg.depth_low + train_cfg.depth_high) / 2)
+            model_cfg = model_cfg.replace(core="fixed", fixed_depth=depth)
+    trainer = Trainer(model_cfg, train_cfg, out, progress=progress)
+    start = time.perf_counter()
+    result = trainer.fit(resume=resume)
+    print(f"trained {trainer.model.num_parameters():,} parameters for {trainer.step} steps in "
+          f"{time.perf_counter() - start:.0f}s; eval accuracy by complexity: "
+          + ", ".join(f"{c}: {a:.3f}" for c, a in result.items()))
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers such as 1,2,3, got {text!r}") \
+            from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag} needs integers >= 1, got {text!r}")
+    return values
+
+
+def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
+             complexities: str | None = None, examples: int = 500,
+             threads: int | None = None) -> None:
+    """Evaluate a trained run on every (complexity, steps) pair; write frontier.json/.png."""
+    from .evaluate import format_grid, frontier_grid, save_frontier
+    from .train import load_run
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    step_list = _int_list(steps, "--steps")
+    if examples < 1:
+        raise ValueError(f"--examples must be >= 1, got {examples}")
+    task, model, model_cfg, train_cfg, _ = load_run(run_dir)
+    levels = _int_list(complexities, "--complexities") if complexities else \
+        list(task.test_complexities)
+    for c in levels:
+        task.check_complexity(c)
+    start = time.perf_counter()
+    grid = frontier_grid(task, model, levels, step_list, examples, train_cfg.seed)
+    kind = "fixed-depth baseline" if model_cfg.core == "fixed" else "recurrent"
+    json_path, png_path = save_frontier(run_dir, task.name, task.train_complexities, levels,
+                                        step_list, grid, f"{task.name} ({kind})")
+    print(f"{task.name}: accuracy by complexity (rows) and thinking steps (columns); "
+          f"trained on {list(task.train_complexities)}; {examples} examples per row")
+    print(format_grid(levels, step_list, grid))
+    print(f"wrote {json_path} and {png_path} in {time.perf_counter() - start:.0f}s")
+
+
+COMMANDS = {"train": train, "frontier": frontier, "demo": demo}
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="loopformer")
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"loopformer: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -14,11 +14,13 @@ Injection = Literal["add", "concat", "lti", "gated"]
 StateInit = Literal["zeros", "embed", "noise"]
 StepEmbedding = Literal["none", "learned", "sinusoidal"]
 NormPlacement = Literal["pre", "sandwich"]
+CoreKind = Literal["recurrent", "fixed"]
 
 INJECTIONS = ("add", "concat", "lti", "gated")
 STATE_INITS = ("zeros", "embed", "noise")
 STEP_EMBEDDINGS = ("none", "learned", "sinusoidal")
 NORMS = ("pre", "sandwich")
+CORES = ("recurrent", "fixed")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,12 @@ class ModelConfig:
     """Per-channel gamma on each attention/FFN branch (Chen 2026 uses 1e-4); None disables it."""
     norm: NormPlacement = "pre"
     causal: bool = True
+    rope: bool = True
+    """Rotary position embedding; off for inputs whose order carries no meaning (graph nodes)."""
+    core: CoreKind = "recurrent"
+    """'recurrent' loops the shared core; 'fixed' is the no-recurrence baseline: fixed_depth
+    untied copies of the core, each applied once, whatever num_steps says."""
+    fixed_depth: int = 8
     max_seq_len: int = 512
     mean_steps: int = 8
     """Default number of core steps when a call does not say."""
@@ -57,7 +65,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "n_core", "max_seq_len", "mean_steps",
-                     "max_step_embeddings"):
+                     "max_step_embeddings", "fixed_depth"):
             _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("n_prelude", "n_coda"):
             _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
@@ -73,6 +81,7 @@ class ModelConfig:
         _require_choice(self.state_init, "state_init", STATE_INITS)
         _require_choice(self.step_embedding, "step_embedding", STEP_EMBEDDINGS)
         _require_choice(self.norm, "norm", NORMS)
+        _require_choice(self.core, "core", CORES)
         _require(self.layer_scale_init is None or self.layer_scale_init > 0, "layer_scale_init",
                  f"must be > 0 or None, got {self.layer_scale_init}")
         for name in ("noise_std", "rope_theta", "norm_eps", "init_std"):

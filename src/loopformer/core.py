@@ -173,6 +173,7 @@ def split_steps(num_steps) -> tuple[int, int]:
 @dataclass
 class CoreOutput:
     state: torch.Tensor  # (B, T, d): the state after the last step
+    steps: int  # core steps taken
     states: list[torch.Tensor] | None = None  # the state after each gradient step, if collected
 
 
@@ -214,10 +215,36 @@ class RecurrentCore(nn.Module):
             s = self.step(s, e, t, ctx)
             if states is not None:
                 states.append(s)
-        return CoreOutput(state=s, states=states)
+        return CoreOutput(state=s, steps=n_nograd + n_grad, states=states)
 
     def spectral_radius(self) -> float | None:
         """Spectral radius of the linear state-to-state map A for injection='lti', else None."""
         if not isinstance(self.injection, LTIInjection):
             return None
         return float(self.injection.decay().detach().max())
+
+
+class FixedDepthCore(nn.Module):
+    """The no-recurrence baseline: fixed_depth untied copies of the core, each applied once.
+
+    Built from the same injection and blocks as RecurrentCore, so a comparison isolates weight
+    sharing. fixed_depth = 1 matches the looped model's parameters; fixed_depth = the mean
+    training depth matches its compute. num_steps is validated but does not change the depth.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(RecurrentCore(cfg) for _ in range(cfg.fixed_depth))
+
+    def forward(self, e: torch.Tensor, ctx: AttentionContext, num_steps, *,
+                generator: torch.Generator | None = None,
+                collect_states: bool = False) -> CoreOutput:
+        split_steps(num_steps)
+        s = init_state(self.cfg.state_init, e, self.cfg.noise_std, generator)
+        for t, layer in enumerate(self.layers):
+            s = layer.step(s, e, t, ctx)
+        return CoreOutput(state=s, steps=len(self.layers), states=[s] if collect_states else None)
+
+    def spectral_radius(self) -> float | None:
+        return None

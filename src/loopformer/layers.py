@@ -69,8 +69,8 @@ class AttentionContext:
     Built once per call so the recurrent loop does no mask or table work per step.
     """
 
-    cos: torch.Tensor  # (B, 1, T, head_dim/2) fp32
-    sin: torch.Tensor
+    cos: torch.Tensor | None  # (B, 1, T, head_dim/2) fp32; None when the model has no RoPE
+    sin: torch.Tensor | None
     mask: torch.Tensor | None  # bool (B, 1, T, T_keys), True = may attend; None = see is_causal
     is_causal: bool
     positions: torch.Tensor  # (B, T) RoPE positions of the new tokens
@@ -95,7 +95,8 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if ctx.cos is not None:
+            q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
         if ctx.cache is not None and slot is not None:
             k, v = ctx.cache.update(slot, k, v)
         if self.n_kv_heads != self.n_heads:

@@ -11,7 +11,7 @@ from torch import nn
 from .backbone import Backbone
 from .cache import KVCache
 from .config import ModelConfig
-from .core import GatedInjection, split_steps
+from .core import GatedInjection
 
 
 @dataclass
@@ -75,7 +75,6 @@ class LoopLM(nn.Module):
                 labels: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> LoopLMOutput:
         num_steps = self.cfg.mean_steps if num_steps is None else num_steps
-        total_steps = sum(split_steps(num_steps))
         cache = past_key_values
         if use_cache and cache is None:
             cache = KVCache()
@@ -85,7 +84,7 @@ class LoopLM(nn.Module):
 
         B, T = input_ids.shape
         ctx = self.backbone.context(B, T, input_ids.device, attention_mask, cache=cache)
-        features, _ = self.backbone(self.embed(input_ids.long()), ctx, num_steps,
+        features, core_out = self.backbone(self.embed(input_ids.long()), ctx, num_steps,
                                     generator=generator)
         logits = F.linear(features, self.embed.weight)  # tied head
         if cache is not None:
@@ -94,7 +93,7 @@ class LoopLM(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
                                    labels[:, 1:].flatten().long(), ignore_index=-100)
-        steps = torch.full((B, T), total_steps, dtype=torch.long, device=input_ids.device)
+        steps = torch.full((B, T), core_out.steps, dtype=torch.long, device=input_ids.device)
         return LoopLMOutput(logits=logits, loss=loss,
                             past_key_values=cache if use_cache else None, steps=steps)
 

@@ -1,0 +1,95 @@
+"""Accuracy over (complexity, thinking steps) grids, and the frontier heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoint import write_json_atomic
+
+
+def _slice(batch: dict, start: int, end: int) -> dict:
+    return {k: v[start:end] for k, v in batch.items()}
+
+
+@torch.no_grad()
+def accuracy_by_steps(model, batch: dict, steps: Sequence[int],
+                      chunk: int = 256) -> dict[int, float]:
+    """Accuracy at each step count in `steps`, from one pass of max(steps) core steps.
+
+    The state after step t does not depend on later steps, so reading every step out of one
+    unroll gives the same answers as separate runs (a fixed-depth baseline returns one answer,
+    the same for every column).
+    """
+    deepest = max(steps)
+    correct = {s: 0 for s in steps}
+    n = batch["label"].shape[0]
+    for start in range(0, n, chunk):
+        part = _slice(batch, start, start + chunk)
+        logits = model(part, deepest, all_steps=True)
+        for s in steps:
+            chosen = logits[s - 1] if len(logits) > 1 else logits[-1]
+            correct[s] += int((chosen.argmax(-1) == part["label"]).sum())
+    return {s: correct[s] / n for s in steps}
+
+
+def frontier_grid(task, model, complexities: Sequence[int], steps: Sequence[int],
+                  examples: int, seed: int) -> list[list[float]]:
+    """accuracy[i][j] for complexities[i] at steps[j]."""
+    model.eval()
+    grid = []
+    for c in complexities:
+        batch = task.collate(task.eval_set(c, examples, seed))
+        by_steps = accuracy_by_steps(model, batch, steps)
+        grid.append([by_steps[s] for s in steps])
+    return grid
+
+
+def format_grid(complexities, steps, grid, label: str = "complexity") -> str:
+    header = f"{label:>10} | " + " ".join(f"{s:>5}" for s in steps)
+    lines = [header, "-" * len(header)]
+    for c, row in zip(complexities, grid):
+        lines.append(f"{c:>10} | " + " ".join(f"{a:5.2f}" for a in row))
+    return "\n".join(lines)
+
+
+def save_frontier(run_dir: Path, task_name: str, train_complexities, complexities, steps,
+                  grid, title: str = "") -> tuple[Path, Path]:
+    run_dir = Path(run_dir)
+    json_path, png_path = run_dir / "frontier.json", run_dir / "frontier.png"
+    write_json_atomic(json_path, {"task": task_name,
+                                  "train_complexities": list(train_complexities),
+                                  "complexities": list(complexities), "steps": list(steps),
+                                  "accuracy": grid})
+    plot_frontier(png_path, complexities, steps, grid, train_complexities,
+                  title or f"{task_name}: accuracy by complexity and thinking steps")
+    return json_path, png_path
+
+
+def plot_frontier(path: Path, complexities, steps, grid, train_complexities, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(steps), 1.0 + 0.5 * len(complexities)))
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(steps)), [str(s) for s in steps])
+    ax.set_yticks(range(len(complexities)), [str(c) for c in complexities])
+    ax.set_xlabel("thinking steps")
+    ax.set_ylabel("complexity")
+    for i, row in enumerate(grid):
+        for j, a in enumerate(row):
+            ax.text(j, i, f"{a:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if a > 0.6 else "white")
+    trained = [i for i, c in enumerate(complexities) if c in set(train_complexities)]
+    if trained:  # mark the training range with a red bracket on the left
+        ax.plot([-0.5, -0.5], [min(trained) - 0.5, max(trained) + 0.5], color="red",
+                linewidth=4, clip_on=False)
+    ax.set_title(f"{title}\n(red bar: trained complexities)", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,119 @@
+"""Task interfaces: an encoder and a readout around the shared, task-invariant backbone.
+
+Every interface maps a batch to one logits tensor per requested step: the final step by
+default, or every gradient step (`all_steps=True`) for per-step supervision and for evaluating
+many depths in one pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import Backbone
+from .config import ModelConfig
+from .layers import AttentionContext
+from .lm import LoopLM, init_weights
+from .tasks.base import Task
+
+
+class TaskModel(nn.Module):
+    backbone: Backbone
+
+    def encode_inputs(self, batch: dict) -> tuple[torch.Tensor, AttentionContext]:
+        """Batch -> embeddings (B, T, d) and the attention context."""
+        raise NotImplementedError  # abstract
+
+    def readout(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Coda features (B, T, d) -> logits (B, classes)."""
+        raise NotImplementedError  # abstract
+
+    def forward(self, batch: dict, num_steps, *, all_steps: bool = False,
+                generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        x, ctx = self.encode_inputs(batch)
+        core_out = self.backbone.core(self.backbone.encode(x, ctx), ctx, num_steps,
+                                      generator=generator, collect_states=all_steps)
+        states = core_out.states if all_steps else [core_out.state]
+        return [self.readout(self.backbone.decode(s, ctx), batch) for s in states]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class GraphReasoner(TaskModel):
+    """Node letter embeddings + source/target role vectors; a node attends to its
+    in-neighbours and itself; readout from concat(s[source], s[target])."""
+
+    def __init__(self, cfg: ModelConfig, num_letters: int):
+        super().__init__()
+        self.node_embed = nn.Embedding(num_letters, cfg.d_model)
+        self.role_embed = nn.Embedding(3, cfg.d_model)  # 0 other, 1 source, 2 target
+        self.backbone = Backbone(cfg)
+        self.head = nn.Sequential(nn.Linear(2 * cfg.d_model, cfg.d_model), nn.GELU(),
+                                  nn.Linear(cfg.d_model, 2))
+        init_weights(self, cfg.init_std)
+
+    def encode_inputs(self, batch):
+        node_ids = batch["node_ids"]
+        B, N = node_ids.shape
+        rows = torch.arange(B, device=node_ids.device)
+        roles = torch.zeros_like(node_ids)
+        roles[rows, batch["source"]] = 1
+        roles[rows, batch["target"]] = 2
+        ctx = self.backbone.context(B, N, node_ids.device, batch["node_mask"],
+                                    structure_mask=batch["adjacency"])
+        return self.node_embed(node_ids) + self.role_embed(roles), ctx
+
+    def readout(self, features, batch):
+        rows = torch.arange(features.shape[0], device=features.device)
+        pair = torch.cat((features[rows, batch["source"]], features[rows, batch["target"]]), -1)
+        return self.head(pair)
+
+
+class SequenceClassifier(TaskModel):
+    """Token embeddings with a CLS token first; bidirectional attention; readout from CLS."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.backbone = Backbone(cfg)
+        self.head = nn.Linear(cfg.d_model, num_classes)
+        init_weights(self, cfg.init_std)
+
+    def encode_inputs(self, batch):
+        ids = batch["input_ids"]
+        ctx = self.backbone.context(*ids.shape, ids.device, batch["attention_mask"])
+        return self.embed(ids), ctx
+
+    def readout(self, features, batch):
+        return self.head(features[:, 0])
+
+
+class AnswerLM(TaskModel):
+    """A LoopLM whose last position predicts the answer token (inputs are left-padded)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.lm = LoopLM(cfg)
+        self.backbone = self.lm.backbone
+
+    def encode_inputs(self, batch):
+        ids = batch["input_ids"]
+        self.lm.check_input_ids(ids)
+        ctx = self.backbone.context(*ids.shape, ids.device, batch["attention_mask"])
+        return self.lm.embed(ids), ctx
+
+    def readout(self, features, batch):
+        return F.linear(features[:, -1], self.lm.embed.weight)
+
+
+def build_task_model(task: Task, cfg: ModelConfig) -> TaskModel:
+    """The interface a task asks for, around a backbone built from `cfg`."""
+    if task.interface == "graph":
+        return GraphReasoner(cfg, task.vocab_size)
+    if task.interface == "classifier":
+        return SequenceClassifier(cfg, task.num_classes)
+    if task.interface == "lm":
+        return AnswerLM(cfg)
+    raise ValueError(f"task {task.name!r} asks for unknown interface {task.interface!r}")

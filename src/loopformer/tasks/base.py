@@ -1,0 +1,72 @@
+"""What every task provides: seeded examples with a complexity knob, and a collate function."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+
+class Task:
+    """A reasoning task. Subclasses define `sample` and `collate` and the class attributes.
+
+    `interface` names the model wrapper the task needs (see `loopformer.interfaces`):
+    "graph" (node embeddings, adjacency mask, pair readout), "classifier" (bidirectional, CLS
+    readout) or "lm" (a token sequence whose last position predicts the answer token).
+    """
+
+    name: ClassVar[str]
+    interface: ClassVar[str]
+    vocab_size: int
+    max_len: int
+    num_classes: int  # output width of the readout (the vocabulary for "lm" tasks)
+    train_complexities: tuple[int, ...]
+    test_complexities: tuple[int, ...]
+
+    def sample(self, complexity: int, rng: random.Random) -> Any:
+        """One example of the given complexity, drawn with `rng` only."""
+        raise NotImplementedError  # abstract
+
+    def collate(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Examples -> a batch of tensors with at least "label" (B,) and "complexity" (B,)."""
+        raise NotImplementedError  # abstract
+
+    def check_complexity(self, complexity: int) -> None:
+        if complexity < 1:
+            raise ValueError(f"task {self.name!r}: complexity must be >= 1, got {complexity}")
+
+    def train_set(self, n: int, seed: int, complexities: Sequence[int] | None = None) -> list:
+        """n examples spread evenly over the training complexities."""
+        return self.examples(n, complexities or self.train_complexities, seed)
+
+    def eval_set(self, complexity: int, n: int, seed: int) -> list:
+        """n held-out examples of one complexity (seeded apart from the training set)."""
+        return self.examples(n, [complexity], seed + 1_000_003 * (complexity + 1))
+
+    def examples(self, n: int, complexities: Sequence[int], seed: int) -> list:
+        for c in complexities:
+            self.check_complexity(c)
+        rng = random.Random(seed)
+        return [self.sample(complexities[i % len(complexities)], rng) for i in range(n)]
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad: int = 0):
+    """Left-pad token lists so that every sequence ends at the last position."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[i, width - len(seq):] = 1
+    return ids, mask
+
+
+def right_pad(sequences: Sequence[Sequence[int]], pad: int = 0):
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, :len(seq)] = 1
+    return ids, mask

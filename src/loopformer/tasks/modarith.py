@@ -1,0 +1,76 @@
+"""Modular arithmetic for grokking (Power et al. 2022; Nanda et al. 2023).
+
+`a_1 + a_2 + ... + a_k = ?  (mod p)` with k = complexity operands (the classic task is k = 2).
+The training set is a fixed fraction of all p**k operand tuples and the evaluation set is the
+rest, so validation accuracy measures generalisation to unseen pairs, not memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .base import Task, left_pad
+
+
+@dataclass
+class ModExample:
+    operands: tuple[int, ...]
+    answer: int
+    complexity: int
+
+
+class ModularArithmetic(Task):
+    name = "modarith"
+    interface = "lm"
+
+    def __init__(self, modulus: int = 97, train_fraction: float = 0.4,
+                 train_complexities=(2,), test_complexities=(2,)):
+        if not 0 < train_fraction < 1:
+            raise ValueError(f"train_fraction must lie in (0, 1), got {train_fraction}")
+        self.modulus, self.train_fraction = modulus, train_fraction
+        self.plus, self.equals = modulus, modulus + 1  # tokens after the numbers 0..p-1
+        self.vocab_size = self.num_classes = modulus + 2
+        self.train_complexities = tuple(train_complexities)
+        self.test_complexities = tuple(test_complexities)
+        self.max_len = 2 * max(self.test_complexities)
+
+    def check_complexity(self, complexity: int) -> None:
+        if not 2 <= complexity <= 3:
+            raise ValueError(f"task 'modarith': operands must be 2 or 3, got {complexity}")
+
+    def sample(self, complexity: int, rng: random.Random) -> ModExample:
+        operands = tuple(rng.randrange(self.modulus) for _ in range(complexity))
+        return ModExample(operands, sum(operands) % self.modulus, complexity)
+
+    def _split(self, complexity: int, seed: int) -> tuple[list, list]:
+        self.check_complexity(complexity)
+        tuples = list(itertools.product(range(self.modulus), repeat=complexity))
+        random.Random(seed).shuffle(tuples)
+        cut = int(self.train_fraction * len(tuples))
+        make = lambda ops: ModExample(ops, sum(ops) % self.modulus, complexity)
+        return [make(t) for t in tuples[:cut]], [make(t) for t in tuples[cut:]]
+
+    def train_set(self, n: int, seed: int, complexities=None) -> list:
+        """The fixed training fraction of all operand tuples (n is ignored: the split decides)."""
+        return [ex for c in (complexities or self.train_complexities)
+                for ex in self._split(c, seed)[0]]
+
+    def eval_set(self, complexity: int, n: int, seed: int) -> list:
+        """Up to n tuples the training set never holds."""
+        return self._split(complexity, seed)[1][:n]
+
+    def collate(self, examples) -> dict[str, torch.Tensor]:
+        rows = []
+        for ex in examples:
+            row = [ex.operands[0]]
+            for a in ex.operands[1:]:
+                row += [self.plus, a]
+            rows.append(row + [self.equals])
+        ids, mask = left_pad(rows)
+        return {"input_ids": ids, "attention_mask": mask,
+                "label": torch.tensor([ex.answer for ex in examples]),
+                "complexity": torch.tensor([ex.complexity for ex in examples])}

@@ -1,0 +1,49 @@
+import json
+
+import pytest
+
+from loopformer.cli import main
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_train_then_frontier_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--task", "graph", "--preset", "quick", "--steps", "3", "--out", str(out),
+          "--no-progress"])
+    main(["frontier", str(out), "--steps", "1,2,4", "--complexities", "1,3", "--examples",
+          "16"])
+    result = json.loads((out / "frontier.json").read_text())
+    assert result["task"] == "graph" and result["steps"] == [1, 2, 4]
+    assert result["complexities"] == [1, 3] and result["train_complexities"] == [1, 2, 3, 4, 5]
+    assert len(result["accuracy"]) == 2 and len(result["accuracy"][0]) == 3
+    assert all(0 <= a <= 1 for row in result["accuracy"] for a in row)
+    assert (out / "frontier.png").stat().st_size > 1000
+    assert "thinking steps" in capsys.readouterr().out
+    # --resume of a finished run trains nothing more and keeps its checkpoint.
+    main(["train", "--out", str(out), "--resume", "--no-progress"])
+    assert (out / "latest").read_text().strip() == "ckpt-0000003"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["frontier", "/nonexistent/run"], "no config.json"),
+    (["frontier", ".", "--steps", "1,x"], "--steps takes comma-separated integers"),
+    (["frontier", ".", "--steps", "0,2"], "--steps needs integers >= 1"),
+    (["train", "--task", "sudoku", "--out", "/tmp/never"], "no recipe for task 'sudoku'"),
+])
+def test_bad_arguments_give_one_line_and_nonzero_exit(args, message, capsys, tmp_path):
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_run_directory(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{broken")
+    code, _, err = run_cli(["frontier", str(tmp_path)], capsys)
+    assert code == 2 and "corrupt" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,149 @@
+"""Each generator's labels are checked by an independent solver."""
+
+import random
+from collections import deque
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loopformer.tasks import TASKS, make_task
+from loopformer.tasks.family import NAMES, relation_words
+from loopformer.tasks.graph import PAD_NODE
+
+
+def reachable_hops(n, edges, source, target):
+    """Plain BFS over an adjacency dict; None when unreachable."""
+    seen, frontier, hops = {source}, [source], 0
+    while frontier:
+        if target in frontier:
+            return hops
+        frontier = [v for u in frontier for (a, v) in edges if a == u and v not in seen]
+        seen.update(frontier)
+        hops += 1
+    return None
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), hops=st.integers(1, 12))
+def test_graph_labels_and_hop_counts(seed, hops):
+    ex = make_task("graph").sample(hops, random.Random(seed))
+    n = len(ex.letters)
+    assert ex.letters == sorted(set(ex.letters)) and 8 <= n <= max(16, hops + 1)
+    found = reachable_hops(n, ex.edges, ex.source, ex.target)
+    if ex.label == 1:
+        assert found == hops  # distractors never shorten the path
+    else:
+        assert found is None
+
+
+def test_graph_classes_balanced_and_mask_is_in_neighbours():
+    task = make_task("graph")
+    examples = task.examples(400, [1, 3, 5], seed=0)
+    assert 0.4 < sum(ex.label for ex in examples) / 400 < 0.6
+    batch = task.collate(examples[:4])
+    ex = examples[0]
+    u, v = ex.edges[0]
+    assert batch["adjacency"][0, v, u] and batch["adjacency"][0, u, u]
+    n = len(ex.letters)
+    assert (batch["node_ids"][0, n:] == PAD_NODE).all() and batch["node_mask"][0, n:].sum() == 0
+
+
+def test_graph_rejects_impossible_hops():
+    with pytest.raises(ValueError, match="hops must lie in"):
+        make_task("graph").examples(1, [25], seed=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), depth=st.integers(1, 10))
+def test_logic_labels_match_python_eval(seed, depth):
+    ex = make_task("logic").sample(depth, random.Random(seed))
+    python = (ex.text.replace("T", " True ").replace("F", " False ").replace("&", " and ")
+              .replace("|", " or ").replace("!", " not "))
+    assert eval(python) == bool(ex.label)  # Python: not > and > or, as in the task
+
+
+def test_logic_depth_grows_and_labels_balance():
+    task = make_task("logic")
+    shallow, deep = task.examples(200, [2], 0), task.examples(200, [10], 0)
+    assert sum(len(e.text) for e in deep) > 3 * sum(len(e.text) for e in shallow)
+    assert 0.4 < sum(e.label for e in deep) / 200 < 0.6
+
+
+def solve_family(words):
+    """Parse the facts, walk from A to B summing generations, compare with the query."""
+    text = " ".join(words)
+    facts, query = text.rsplit(" . ", 1)
+    graph = {}
+    for fact in facts.split(" . "):
+        x, _, _, relation, _, y = fact.replace(" .", "").split()
+        up = 1 if relation == "parent" else -1  # x is `up` generations above y
+        graph.setdefault(x, []).append((y, up))
+        graph.setdefault(y, []).append((x, -up))
+    tokens = query.replace(" ?", "").split()
+    a, b, relation = tokens[0], tokens[-1], tokens[3:-2]
+    size = 1 + relation.count("great") + relation.count("grand") if relation[-1] != "sibling" \
+        else 0
+    stated = size if relation[-1] == "parent" else -size
+    offsets, queue = {a: 0}, deque([a])  # generations of each person above... relative to a
+    while queue:
+        x = queue.popleft()
+        for y, up in graph.get(x, []):
+            if y not in offsets:
+                offsets[y] = offsets[x] - up
+                queue.append(y)
+    return -offsets[b] == stated
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), depth=st.integers(1, 9))
+def test_family_labels_by_walking_the_facts(seed, depth):
+    ex = make_task("family").sample(depth, random.Random(seed))
+    assert solve_family(ex.words) == bool(ex.label)
+    assert len(set(w for w in ex.words if w in NAMES)) >= depth + 1
+
+
+def test_relation_words():
+    assert relation_words(1) == ["parent"] and relation_words(-2) == ["grand", "child"]
+    assert relation_words(4) == ["great", "great", "grand", "parent"]
+    assert relation_words(0) == ["sibling"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), hops=st.integers(1, 16))
+def test_chains_by_direct_walk(seed, hops):
+    task = make_task("chains")
+    ex = task.sample(hops, random.Random(seed))
+    entity = ex.entity
+    for r in ex.relations:
+        entity = task.permutations[r][entity]
+    assert entity == ex.answer
+    assert all(sorted(p) == list(range(200)) for p in task.permutations)  # permutations
+
+
+def test_modarith_split_is_disjoint_and_complete():
+    task = make_task("modarith", modulus=11, train_fraction=0.4)
+    train = {ex.operands for ex in task.train_set(0, seed=3)}
+    held_out = {ex.operands for ex in task.eval_set(2, 10**6, seed=3)}
+    assert not train & held_out and len(train | held_out) == 121
+    assert len(train) == int(0.4 * 121)
+    ex = task.eval_set(2, 1, seed=3)[0]
+    assert ex.answer == (ex.operands[0] + ex.operands[1]) % 11
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_is_seeded_and_collates(name):
+    task = make_task(name)
+    c = task.train_complexities[-1]
+    a, b = task.examples(8, [c], seed=5), task.examples(8, [c], seed=5)
+    assert a == b and a != task.examples(8, [c], seed=6)
+    batch = task.collate(a)
+    assert batch["label"].shape == (8,) and (batch["complexity"] == c).all()
+    ids = batch.get("input_ids", batch.get("node_ids"))
+    assert int(ids.max()) < task.vocab_size and int(batch["label"].max()) < task.num_classes
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="unknown task"):
+        make_task("sudoku")

@@ -1,0 +1,158 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loopformer import checkpoint as ckpt
+from loopformer.config import ModelConfig
+from loopformer.depth import sample_depth
+from loopformer.recipes import GRAPH_MODEL
+from loopformer.train import Trainer, TrainConfig, load_run, loss_and_accuracy
+
+SMALL_GRAPH = GRAPH_MODEL.replace(d_model=32, ffn_hidden=64)
+
+
+def small_config(**changes) -> TrainConfig:
+    base = dict(task="graph", steps=6, batch_size=8, train_examples=64, eval_examples=16,
+                eval_every=3, checkpoint_every=3, warmup_steps=2, lr=3e-3, depth_low=2,
+                depth_high=4)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def params(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    straight = Trainer(SMALL_GRAPH, small_config(), tmp_path / "a", progress=False)
+    straight.fit()
+
+    first = Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path / "b", progress=False)
+    first.fit()
+    # The second process reads the stored config but runs to the full length.
+    resumed = Trainer(SMALL_GRAPH, small_config(), tmp_path / "b", progress=False)
+    resumed.fit(resume=True)
+    assert resumed.step == 6
+    for name, value in params(straight.model).items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines] == list(range(1, 7))
+
+
+def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path, progress=False)
+    trainer.fit()
+    good = params(trainer.model)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(ckpt, "save_file", crash)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 4, trainer.model, trainer.state())
+    assert (tmp_path / "latest").read_text().strip() == "ckpt-0000003"
+    _, model, _, _, state = load_run(tmp_path)
+    assert state["step"] == 3
+    for name, value in good.items():
+        assert torch.equal(value, model.state_dict()[name])
+
+
+def test_corrupt_and_missing_runs_give_clear_errors(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no config.json"):
+        load_run(tmp_path)
+    trainer = Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path, progress=False)
+    trainer.fit()
+    (tmp_path / "ckpt-0000003" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        load_run(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        load_run(tmp_path)
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path, progress=False).fit()
+    with pytest.raises(ckpt.CheckpointError, match="--resume"):
+        Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path, progress=False).fit()
+
+
+def test_per_step_supervision_blends_every_step(tmp_path):
+    trainer = Trainer(SMALL_GRAPH, small_config(), tmp_path, progress=False)
+    batch = trainer.batch(0)
+    logits = trainer.model(batch, 4, all_steps=True)
+    assert len(logits) == 4
+    ce = [F.cross_entropy(l, batch["label"]) for l in logits]
+    loss, _ = loss_and_accuracy(trainer.model, batch, 4, alpha=0.5)
+    expected = 0.5 * ce[-1] + 0.5 * torch.stack(ce).mean()
+    torch.testing.assert_close(loss, expected)
+    silent, _ = loss_and_accuracy(trainer.model, batch, 4, alpha=0.0)
+    torch.testing.assert_close(silent, ce[-1])
+
+
+def test_truncated_backprop_in_the_trainer(tmp_path):
+    trainer = Trainer(SMALL_GRAPH, small_config(depth="fixed", depth_mean=12, backprop_steps=8),
+                      tmp_path, progress=False)
+    assert trainer.num_steps(0) == (4, 8)
+    trainer = Trainer(SMALL_GRAPH, small_config(depth="fixed", depth_mean=5, backprop_steps=8),
+                      tmp_path, progress=False)
+    assert trainer.num_steps(0) == 5
+
+
+def test_curriculum_raises_the_level_when_the_hardest_is_solved(tmp_path, monkeypatch):
+    trainer = Trainer(SMALL_GRAPH, small_config(curriculum=True, steps=3, eval_every=1),
+                      tmp_path, progress=False)
+    assert trainer.max_level == 2
+    assert int(trainer.batch(0)["complexity"].max()) <= 2
+    monkeypatch.setattr(trainer, "evaluate", lambda: {c: 1.0 for c in trainer.levels})
+    trainer.fit()
+    assert trainer.max_level == 5  # 2 -> 3 -> 4 -> 5 over three evaluations
+
+
+@pytest.mark.parametrize("kind, low, high, mean", [
+    ("uniform", 5, 8, 6.5), ("poisson-lognormal", 1, 64, 8), ("poisson", 2, 8, 4),
+    ("fixed", 1, 1, 6)])
+def test_depth_samplers(kind, low, high, mean):
+    draws = [sample_depth(kind, step, 7, low=low, high=high, mean=mean) for step in range(2000)]
+    again = [sample_depth(kind, step, 7, low=low, high=high, mean=mean) for step in range(2000)]
+    assert draws == again  # a function of (seed, step): every rank draws the same depth
+    if kind == "fixed":
+        assert set(draws) == {6}
+        return
+    assert min(draws) >= low and max(draws) <= high
+    assert abs(sum(draws) / len(draws) - mean) < 0.15 * mean + 0.2
+    if kind == "uniform":
+        assert set(draws) == set(range(low, high + 1))
+
+
+def test_unknown_depth_sampler():
+    with pytest.raises(ValueError, match="unknown depth sampler"):
+        sample_depth("gaussian", 0, 0, low=1, high=2, mean=1)
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(steps=0), "steps"), (dict(alpha=1.5), "alpha"), (dict(depth_low=5, depth_high=4),
+                                                            "depth_high"),
+    (dict(backprop_steps=0), "backprop_steps")])
+def test_bad_train_config(changes, field):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}"):
+        small_config(**changes)
+
+
+def test_fixed_depth_baseline_is_parameter_or_compute_matched(tmp_path):
+    looped = Trainer(SMALL_GRAPH, small_config(), tmp_path / "a", progress=False).model
+    same_params = Trainer(SMALL_GRAPH.replace(core="fixed", fixed_depth=1), small_config(),
+                          tmp_path / "b", progress=False).model
+    same_compute = Trainer(SMALL_GRAPH.replace(core="fixed", fixed_depth=4), small_config(),
+                           tmp_path / "c", progress=False).model
+    core_params = sum(p.numel() for p in looped.backbone.core.parameters())
+    assert same_params.num_parameters() == looped.num_parameters()
+    assert same_compute.num_parameters() == looped.num_parameters() + 3 * core_params
+    batch = Trainer(SMALL_GRAPH, small_config(), tmp_path / "d", progress=False).batch(0)
+    with torch.no_grad():
+        assert torch.equal(same_compute(batch, 2)[-1], same_compute(batch, 9)[-1])
