@@ -12,8 +12,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: main test
+# The graph-reachability frontier: train the quick recipe (resumes or skips a finished run in
+# runs/graph-quick), then print the accuracy grid and save runs/graph-quick/frontier.png.
 main: $(VENV)/.installed
-	$(VENV)/bin/loopformer demo
+	$(VENV)/bin/loopformer train --task graph --preset quick --out runs/graph-quick --resume
+	$(VENV)/bin/loopformer frontier runs/graph-quick
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest

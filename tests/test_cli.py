@@ -14,7 +14,7 @@ def run_cli(args, capsys):
 
 def test_train_then_frontier_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    main(["train", "--task", "graph", "--preset", "quick", "--steps", "3", "--out", str(out),
+    main(["train", "--task", "graph", "--preset", "quick", "--updates", "3", "--out", str(out),
           "--no-progress"])
     main(["frontier", str(out), "--steps", "1,2,4", "--complexities", "1,3", "--examples",
           "16"])

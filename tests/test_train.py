@@ -156,3 +156,20 @@ def test_fixed_depth_baseline_is_parameter_or_compute_matched(tmp_path):
     batch = Trainer(SMALL_GRAPH, small_config(), tmp_path / "d", progress=False).batch(0)
     with torch.no_grad():
         assert torch.equal(same_compute(batch, 2)[-1], same_compute(batch, 9)[-1])
+
+
+@pytest.mark.parametrize("task", ["graph", "logic", "family", "chains", "modarith"])
+def test_every_recipe_builds_and_takes_a_step(task, tmp_path):
+    from loopformer.recipes import recipe
+
+    model_cfg, train_cfg = recipe(task, "quick")
+    model_cfg = model_cfg.replace(d_model=32, ffn_hidden=64)
+    train_cfg = dataclasses.replace(train_cfg, steps=1, batch_size=4, train_examples=16,
+                                    eval_examples=4, depth_high=min(train_cfg.depth_high, 3),
+                                    depth_low=1, depth_mean=2, eval_steps=2)
+    trainer = Trainer(model_cfg, train_cfg, tmp_path, progress=False)
+    before = params(trainer.model)
+    result = trainer.fit()
+    assert set(result) == set(trainer.levels)
+    changed = [n for n, v in trainer.model.state_dict().items() if not torch.equal(v, before[n])]
+    assert changed  # the update reached the weights

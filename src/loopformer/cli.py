@@ -43,13 +43,15 @@ def demo(preset: str = "tiny", injection: Literal["add", "concat", "lti", "gated
 
 
 def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed: int = 0,
-          out: Path = Path("runs/graph-quick"), resume: bool = False, steps: int | None = None,
-          alpha: float | None = None,
+          out: Path = Path("runs/graph-quick"), resume: bool = False, updates: int | None = None,
+          alpha: float | None = None, weight_decay: float | None = None,
+          train_depth: tuple[int, int] | None = None,
           baseline: Literal["none", "param", "compute"] = "none", bf16: bool = False,
           threads: int | None = None, progress: bool = True) -> None:
     """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
 
-    --resume continues the run in --out from its newest checkpoint with its stored
+    --train-depth LOW HIGH samples the core steps per batch from U{LOW..HIGH} (fixed when
+    LOW == HIGH). --resume continues the run in --out from its newest checkpoint with its stored
     configuration (the other recipe flags are then ignored); without a run there, it starts one.
     --baseline param|compute trains the fixed-depth model without recurrence instead: one
     untied copy of the core (same parameters) or as many as the mean training depth (same
@@ -67,10 +69,16 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
         resume = False
         model_cfg, train_cfg = recipe(task, preset)
         changes = {"seed": seed}
-        if steps is not None:
-            changes["steps"] = steps
+        if updates is not None:
+            changes["steps"] = updates
         if alpha is not None:
             changes["alpha"] = alpha
+        if weight_decay is not None:
+            changes["weight_decay"] = weight_decay
+        if train_depth is not None:  # a fixed training depth when both numbers agree
+            low, high = train_depth
+            changes.update(depth="fixed" if low == high else "uniform", depth_low=low,
+                           depth_high=high, depth_mean=(low + high) / 2)
         train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), **changes})
         if baseline != "none":
             depth = 1 if baseline == "param" else round(

@@ -2,8 +2,10 @@
 
 Nodes are letters A-Z, sorted alphabetically and padded to 20 positions so that a node's
 position says nothing. A positive holds a random simple path of `complexity` hops plus
-U[n/2, 2n] distractor edges that never shorten the source->target distance; a negative holds
-the same kind of path and distractors, with a target that stays unreachable. Classes are 50/50.
+U[n/2, 2n] distractor edges that never shorten the source->target distance. A negative holds
+the same source path, and its target ends a decoy path (of up to the same length) among the
+other nodes, with distractors that keep it unreachable; so a negative target has in-neighbours
+like a positive one and local structure alone does not give the label away. Classes are 50/50.
 With an attention mask that lets a node see only its in-neighbours and itself, one core step
 moves information one hop.
 """
@@ -67,14 +69,14 @@ class GraphReachability(Task):
         self.test_complexities = tuple(test_complexities)
 
     def check_complexity(self, complexity: int) -> None:
-        if not 1 <= complexity <= self.max_len - 1:
-            raise ValueError(f"task 'graph': hops must lie in [1, {self.max_len - 1}] "
-                             f"(a {complexity}-hop path needs {complexity + 1} of at most "
-                             f"{self.max_len} nodes), got {complexity}")
+        if not 1 <= complexity <= self.max_len - 3:
+            raise ValueError(f"task 'graph': hops must lie in [1, {self.max_len - 3}] (a "
+                             f"{complexity}-hop path and a decoy need {complexity + 3} of at "
+                             f"most {self.max_len} nodes), got {complexity}")
 
     def sample(self, complexity: int, rng: random.Random) -> GraphExample:
         hops = complexity
-        n = rng.randint(max(self.min_nodes, hops + 1), max(self.train_max_nodes, hops + 1))
+        n = rng.randint(max(self.min_nodes, hops + 3), max(self.train_max_nodes, hops + 3))
         path = rng.sample(range(n), hops + 1)
         edges = set(zip(path, path[1:]))
         source = path[0]
@@ -82,9 +84,10 @@ class GraphReachability(Task):
         if positive:
             target = path[-1]
         else:
-            target = rng.choice([v for v in range(n) if v not in path] or [None])
-            if target is None:  # the path uses every node: no room for an unreachable target
-                return self.sample(complexity, rng)
+            rest = [v for v in range(n) if v not in path]
+            decoy = rng.sample(rest, min(hops, len(rest) - 1) + 1)
+            edges |= set(zip(decoy, decoy[1:]))
+            target = decoy[-1]
         from_source = distances(n, edges, source)
         to_target = distances(n, edges, target, reverse=True)
         for _ in range(rng.randint(n // 2, 2 * n)):
