@@ -173,3 +173,12 @@ def test_every_recipe_builds_and_takes_a_step(task, tmp_path):
     assert set(result) == set(trainer.levels)
     changed = [n for n, v in trainer.model.state_dict().items() if not torch.equal(v, before[n])]
     assert changed  # the update reached the weights
+
+
+def test_bf16_autocast_training_runs(tmp_path):
+    trainer = Trainer(SMALL_GRAPH, small_config(steps=2, bf16=True), tmp_path, progress=False)
+    trainer.fit()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["loss"] for line in lines]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master

@@ -132,7 +132,23 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
     print(f"wrote {json_path} and {png_path} in {time.perf_counter() - start:.0f}s")
 
 
-COMMANDS = {"train": train, "frontier": frontier, "demo": demo}
+def curves(run_dir: Positional[Path]) -> None:
+    """Plot a run's training and held-out accuracy against updates into DIR/curves.png, and
+    print the first update at which each held-out complexity reached 0.95."""
+    from .evaluate import plot_curves, read_metrics
+
+    records = read_metrics(run_dir)
+    evals = [r for r in records if "eval" in r]
+    train = next((r["step"] for r in records if r["train_acc"] >= 0.95), None)
+    print(f"training accuracy >= 0.95 first at update {train}")
+    for c in (evals[0]["eval"] if evals else {}):
+        reached = next((r["step"] for r in evals if r["eval"][c] >= 0.95), None)
+        print(f"held-out complexity {c}: >= 0.95 first at update {reached}; "
+              f"final {evals[-1]['eval'][c]:.3f}")
+    print(f"wrote {plot_curves(run_dir)}")
+
+
+COMMANDS = {"train": train, "frontier": frontier, "curves": curves, "demo": demo}
 
 
 def main(argv: list[str] | None = None) -> None:

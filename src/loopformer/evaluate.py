@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -93,3 +94,38 @@ def plot_frontier(path: Path, complexities, steps, grid, train_complexities, tit
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a loopformer run?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(run_dir: Path, title: str = "") -> Path:
+    """Training accuracy and held-out accuracy per complexity against updates (log x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    evals = [r for r in records if "eval" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in records], [r["train_acc"] for r in records], lw=0.8,
+            label="train (batch)")
+    for c in (evals[0]["eval"] if evals else {}):
+        ax.plot([r["step"] for r in evals], [r["eval"][c] for r in evals], lw=1.5,
+                label=f"held out, complexity {c}")
+    ax.set_xscale("log")
+    ax.set_xlabel("update")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title(title or str(run_dir), fontsize=9)
+    fig.tight_layout()
+    path = Path(run_dir) / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

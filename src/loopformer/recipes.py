@@ -35,14 +35,14 @@ RECIPES: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {
         task="logic", steps=6000, batch_size=64, train_examples=12_000, lr=3e-4,
         depth="uniform", depth_low=4, depth_high=16, eval_every=500, checkpoint_every=500)),
     ("logic", "quick"): (LOGIC_MODEL, TrainConfig(
-        task="logic", steps=1500, batch_size=64, train_examples=8_000, lr=1e-3,
+        task="logic", steps=1200, batch_size=64, train_examples=8_000, lr=1e-3,
         depth="uniform", depth_low=4, depth_high=16, eval_steps=12, eval_every=250,
         checkpoint_every=250)),
     ("family", "paper"): (SEQUENCE_MODEL.replace(vocab_size=33), TrainConfig(
         task="family", steps=6000, batch_size=64, train_examples=12_000, lr=3e-4,
         depth="uniform", depth_low=1, depth_high=12, eval_every=500, checkpoint_every=500)),
     ("family", "quick"): (SEQUENCE_MODEL.replace(vocab_size=33), TrainConfig(
-        task="family", steps=2000, batch_size=64, train_examples=8_000, lr=1e-3,
+        task="family", steps=1200, batch_size=64, train_examples=8_000, lr=1e-3,
         depth="uniform", depth_low=1, depth_high=12, eval_every=250, checkpoint_every=250)),
     ("chains", "paper"): (SEQUENCE_MODEL.replace(vocab_size=210, max_seq_len=32), TrainConfig(
         task="chains", steps=8000, batch_size=128, train_examples=50_000, lr=1e-3,
@@ -56,13 +56,13 @@ RECIPES: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {
     # weight decay 1.0, betas (0.9, 0.98). One core step: the looped part is not the point here.
     ("modarith", "paper"): (SEQUENCE_MODEL.replace(vocab_size=99, max_seq_len=8, n_prelude=0,
                                                    n_coda=0, layer_scale_init=None), TrainConfig(
-        task="modarith", task_options={"modulus": 97, "train_fraction": 0.3}, steps=10_000,
+        task="modarith", task_options={"modulus": 97, "train_fraction": 0.5}, steps=10_000,
         batch_size=100_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
         min_lr_ratio=1.0, grad_clip=1e9, depth="fixed", depth_low=1, depth_high=1,
         depth_mean=1, eval_examples=100_000, eval_every=100, checkpoint_every=1000)),
 }
 RECIPES[("modarith", "quick")] = (RECIPES[("modarith", "paper")][0], dataclasses.replace(
-    RECIPES[("modarith", "paper")][1], steps=3000))
+    RECIPES[("modarith", "paper")][1], steps=3000, eval_every=50))
 
 PRESET_NAMES = ("paper", "quick")
 
