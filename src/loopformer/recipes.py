@@ -61,8 +61,10 @@ RECIPES: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {
         min_lr_ratio=1.0, grad_clip=1e9, depth="fixed", depth_low=1, depth_high=1,
         depth_mean=1, eval_examples=100_000, eval_every=100, checkpoint_every=1000)),
 }
-RECIPES[("modarith", "quick")] = (RECIPES[("modarith", "paper")][0], dataclasses.replace(
-    RECIPES[("modarith", "paper")][1], steps=3000, eval_every=50))
+# quick: d=64 instead of 128 (4x fewer FLOPs per update) so that grokking fits in minutes.
+RECIPES[("modarith", "quick")] = (
+    RECIPES[("modarith", "paper")][0].replace(d_model=64, n_heads=4, ffn_hidden=256),
+    dataclasses.replace(RECIPES[("modarith", "paper")][1], steps=3000, eval_every=50))
 
 PRESET_NAMES = ("paper", "quick")
 
