@@ -85,7 +85,7 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 def test_per_step_supervision_blends_every_step(tmp_path):
     trainer = Trainer(SMALL_GRAPH, small_config(), tmp_path, progress=False)
     batch = trainer.batch(0)
-    logits = trainer.model(batch, 4, all_steps=True)
+    logits = trainer.model(batch, 4, all_steps=True).logits
     assert len(logits) == 4
     ce = [F.cross_entropy(l, batch["label"]) for l in logits]
     loss, _ = loss_and_accuracy(trainer.model, batch, 4, alpha=0.5)
@@ -155,7 +155,7 @@ def test_fixed_depth_baseline_is_parameter_or_compute_matched(tmp_path):
     assert same_compute.num_parameters() == looped.num_parameters() + 3 * core_params
     batch = Trainer(SMALL_GRAPH, small_config(), tmp_path / "d", progress=False).batch(0)
     with torch.no_grad():
-        assert torch.equal(same_compute(batch, 2)[-1], same_compute(batch, 9)[-1])
+        assert torch.equal(same_compute(batch, 2).logits[-1], same_compute(batch, 9).logits[-1])
 
 
 @pytest.mark.parametrize("task", ["graph", "logic", "family", "chains", "modarith"])

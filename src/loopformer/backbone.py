@@ -42,11 +42,10 @@ class Backbone(nn.Module):
             state = block(state, ctx, ("coda", i))
         return self.final_norm(state)
 
-    def forward(self, x: torch.Tensor, ctx: AttentionContext, num_steps, *,
-                generator: torch.Generator | None = None,
-                collect_states: bool = False) -> tuple[torch.Tensor, CoreOutput]:
-        core_out = self.core(self.encode(x, ctx), ctx, num_steps, generator=generator,
-                             collect_states=collect_states)
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, num_steps,
+                **core_options) -> tuple[torch.Tensor, CoreOutput]:
+        """Embeddings -> coda features; core_options go to RecurrentCore.forward."""
+        core_out = self.core(self.encode(x, ctx), ctx, num_steps, **core_options)
         return self.decode(core_out.state, ctx), core_out
 
 

@@ -15,12 +15,14 @@ StateInit = Literal["zeros", "embed", "noise"]
 StepEmbedding = Literal["none", "learned", "sinusoidal"]
 NormPlacement = Literal["pre", "sandwich"]
 CoreKind = Literal["recurrent", "fixed"]
+Halting = Literal["none", "act"]
 
 INJECTIONS = ("add", "concat", "lti", "gated")
 STATE_INITS = ("zeros", "embed", "noise")
 STEP_EMBEDDINGS = ("none", "learned", "sinusoidal")
 NORMS = ("pre", "sandwich")
 CORES = ("recurrent", "fixed")
+HALTINGS = ("none", "act")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class ModelConfig:
     """'recurrent' loops the shared core; 'fixed' is the no-recurrence baseline: fixed_depth
     untied copies of the core, each applied once, whatever num_steps says."""
     fixed_depth: int = 8
+    halting: Halting = "none"
+    """'act': a learned halting unit weights the step states (Adaptive Computation Time)."""
+    halt_threshold: float = 0.99
+    """ACT halts a token once its summed halting probability passes this (1 - eps)."""
+    halt_min_steps: int = 1
     max_seq_len: int = 512
     mean_steps: int = 8
     """Default number of core steps when a call does not say."""
@@ -65,7 +72,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "n_core", "max_seq_len", "mean_steps",
-                     "max_step_embeddings", "fixed_depth"):
+                     "max_step_embeddings", "fixed_depth", "halt_min_steps"):
             _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("n_prelude", "n_coda"):
             _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
@@ -82,6 +89,9 @@ class ModelConfig:
         _require_choice(self.step_embedding, "step_embedding", STEP_EMBEDDINGS)
         _require_choice(self.norm, "norm", NORMS)
         _require_choice(self.core, "core", CORES)
+        _require_choice(self.halting, "halting", HALTINGS)
+        _require(0 < self.halt_threshold < 1, "halt_threshold",
+                 f"must lie in (0, 1), got {self.halt_threshold}")
         _require(self.layer_scale_init is None or self.layer_scale_init > 0, "layer_scale_init",
                  f"must be > 0 or None, got {self.layer_scale_init}")
         for name in ("noise_std", "rope_theta", "norm_eps", "init_std"):

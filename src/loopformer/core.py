@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .exits import ExitRule, ExitTracker
+from .halting import ACTAccumulator, HaltingUnit
 from .layers import AttentionContext, RMSNorm, make_block
 
 Blocks = Callable[[torch.Tensor], torch.Tensor]
@@ -172,9 +174,12 @@ def split_steps(num_steps) -> tuple[int, int]:
 
 @dataclass
 class CoreOutput:
-    state: torch.Tensor  # (B, T, d): the state after the last step
-    steps: int  # core steps taken
+    state: torch.Tensor  # (B, T, d): the final state (ACT: the halting-weighted state)
+    steps: int  # core steps run
     states: list[torch.Tensor] | None = None  # the state after each gradient step, if collected
+    token_steps: torch.Tensor | None = None  # (B, T) steps each token used (exit / ACT)
+    ponder: torch.Tensor | None = None  # (B, T) ACT's N + R
+    step_weights: torch.Tensor | None = None  # (B, T, steps) ACT's weight of each step
 
 
 class RecurrentCore(nn.Module):
@@ -189,6 +194,7 @@ class RecurrentCore(nn.Module):
         # the LTI update bounds the state itself.
         renormalise = cfg.norm == "pre" and cfg.injection != "lti"
         self.out_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if renormalise else nn.Identity()
+        self.halting = HaltingUnit(cfg) if cfg.halting == "act" else None
 
     def run_blocks(self, x: torch.Tensor, ctx: AttentionContext, step: int) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
@@ -200,22 +206,61 @@ class RecurrentCore(nn.Module):
                               lambda x: self.run_blocks(x, ctx, t))
 
     def forward(self, e: torch.Tensor, ctx: AttentionContext, num_steps, *,
-                generator: torch.Generator | None = None,
-                collect_states: bool = False) -> CoreOutput:
+                generator: torch.Generator | None = None, collect_states: bool = False,
+                exit_rule: ExitRule | None = None,
+                probe: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                initial_state: torch.Tensor | None = None) -> CoreOutput:
+        """Unroll the core.
+
+        num_steps: an int, or (n_nograd, n_grad) for truncated backprop (Huginn): the first
+        n_nograd steps store no activations, so training memory does not grow with them.
+        exit_rule: stop each token once its criterion holds (after min_steps); an exited token
+        keeps its state frozen. probe(state) -> logits feeds the logit-based criteria.
+        initial_state: s_0 instead of init(e) (continuous chain-of-thought warm start).
+        """
+        if exit_rule is not None and self.halting is not None:
+            raise ValueError("exit_criterion and learned halting (halting='act') exclude each "
+                             "other: ACT already decides when each token stops")
         n_nograd, n_grad = split_steps(num_steps)
-        s = init_state(self.cfg.state_init, e, self.cfg.noise_std, generator)
-        if n_nograd:
-            # Truncated backprop (Huginn): these steps store no activations, so training memory
-            # does not grow with n_nograd.
-            with torch.no_grad():
-                for t in range(n_nograd):
-                    s = self.step(s, e, t, ctx)
+        total = n_nograd + n_grad
+        s = initial_state if initial_state is not None else init_state(
+            self.cfg.state_init, e, self.cfg.noise_std, generator)
+        tracker = ExitTracker(exit_rule, probe) if exit_rule is not None else None
+        act = ACTAccumulator(self.halting, s, total) if self.halting is not None else None
+        active = ctx.token_mask.clone() if tracker is not None else None
+        token_steps = torch.zeros_like(ctx.token_mask, dtype=torch.long)
         states = [] if collect_states else None
-        for t in range(n_nograd, n_nograd + n_grad):
-            s = self.step(s, e, t, ctx)
-            if states is not None:
+        grad = torch.is_grad_enabled()
+        steps_run = 0
+        for t in range(total):
+            with torch.set_grad_enabled(grad and t >= n_nograd):
+                s_next = self.step(s, e, t, ctx)
+                if active is not None:  # exited tokens keep their state
+                    s_next = torch.where(active[..., None], s_next, s)
+            s, steps_run = s_next, t + 1
+            if states is not None and t >= n_nograd:
                 states.append(s)
-        return CoreOutput(state=s, steps=n_nograd + n_grad, states=states)
+            if tracker is not None:
+                token_steps += active.long()
+                done = tracker.converged(s)
+                if done is not None and t + 1 >= exit_rule.min_steps:
+                    active &= ~(done if done.dim() == 2 else done[:, None])
+                running = active
+            elif act is not None:
+                running = act.add(t, s)
+            else:
+                continue
+            # Skipping finished work is safe only without autograd: a data-dependent number
+            # of steps in training would desynchronise data-parallel ranks (FSDP deadlocks).
+            if not grad and not running.any():
+                break
+        if act is not None:
+            return CoreOutput(state=act.output.to(s.dtype), steps=steps_run, states=states,
+                              token_steps=act.steps, ponder=act.ponder(),
+                              step_weights=torch.stack(act.weights, dim=-1))
+        if tracker is None:
+            token_steps.fill_(steps_run)
+        return CoreOutput(state=s, steps=steps_run, states=states, token_steps=token_steps)
 
     def spectral_radius(self) -> float | None:
         """Spectral radius of the linear state-to-state map A for injection='lti', else None."""
@@ -238,13 +283,18 @@ class FixedDepthCore(nn.Module):
         self.layers = nn.ModuleList(RecurrentCore(cfg) for _ in range(cfg.fixed_depth))
 
     def forward(self, e: torch.Tensor, ctx: AttentionContext, num_steps, *,
-                generator: torch.Generator | None = None,
-                collect_states: bool = False) -> CoreOutput:
+                generator: torch.Generator | None = None, collect_states: bool = False,
+                exit_rule: ExitRule | None = None, probe=None,
+                initial_state: torch.Tensor | None = None) -> CoreOutput:
         split_steps(num_steps)
+        if exit_rule is not None or initial_state is not None:
+            raise ValueError("the fixed-depth baseline has no exits and no warm start")
         s = init_state(self.cfg.state_init, e, self.cfg.noise_std, generator)
         for t, layer in enumerate(self.layers):
             s = layer.step(s, e, t, ctx)
-        return CoreOutput(state=s, steps=len(self.layers), states=[s] if collect_states else None)
+        return CoreOutput(state=s, steps=len(self.layers), states=[s] if collect_states else None,
+                          token_steps=torch.full_like(ctx.token_mask, len(self.layers),
+                                                      dtype=torch.long))
 
     def spectral_radius(self) -> float | None:
         return None

@@ -22,17 +22,21 @@ def accuracy_by_steps(model, batch: dict, steps: Sequence[int],
 
     The state after step t does not depend on later steps, so reading every step out of one
     unroll gives the same answers as separate runs (a fixed-depth baseline returns one answer,
-    the same for every column).
+    the same for every column). An ACT model's output depends on its step budget, so it is
+    run once per budget.
     """
-    deepest = max(steps)
     correct = {s: 0 for s in steps}
     n = batch["label"].shape[0]
+    one_pass = model.backbone.core.cfg.halting == "none"
     for start in range(0, n, chunk):
         part = _slice(batch, start, start + chunk)
-        logits = model(part, deepest, all_steps=True)
+        if one_pass:
+            logits = model(part, max(steps), all_steps=True).logits
+            by_steps = {s: logits[s - 1] if len(logits) > 1 else logits[-1] for s in steps}
+        else:
+            by_steps = {s: model(part, s).logits[-1] for s in steps}
         for s in steps:
-            chosen = logits[s - 1] if len(logits) > 1 else logits[-1]
-            correct[s] += int((chosen.argmax(-1) == part["label"]).sum())
+            correct[s] += int((by_steps[s].argmax(-1) == part["label"]).sum())
     return {s: correct[s] / n for s in steps}
 
 

@@ -7,15 +7,25 @@ many depths in one pass.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
 from .config import ModelConfig
+from .exits import ExitRule
 from .layers import AttentionContext
 from .lm import LoopLM, init_weights
 from .tasks.base import Task
+
+
+@dataclass
+class TaskOutput:
+    logits: list[torch.Tensor]  # (B, classes) per requested step (one: the final step)
+    steps: torch.Tensor  # (B,) core steps spent on each example (its slowest real token)
+    ponder: torch.Tensor | None = None  # (B,) ACT's mean N + R over the example's tokens
 
 
 class TaskModel(nn.Module):
@@ -30,12 +40,24 @@ class TaskModel(nn.Module):
         raise NotImplementedError  # abstract
 
     def forward(self, batch: dict, num_steps, *, all_steps: bool = False,
-                generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                generator: torch.Generator | None = None,
+                exit_rule: ExitRule | None = None) -> TaskOutput:
+        """all_steps: read out every gradient step (per-step loss, many depths in one pass).
+        exit_rule: stop early; logit criteria judge the example's readout, so all its tokens
+        stop together, while latent criteria judge each token's own state."""
         x, ctx = self.encode_inputs(batch)
+        decode = lambda state: self.readout(self.backbone.decode(state, ctx), batch)
+        probe = decode if exit_rule is not None and exit_rule.needs_logits else None
         core_out = self.backbone.core(self.backbone.encode(x, ctx), ctx, num_steps,
-                                      generator=generator, collect_states=all_steps)
+                                      generator=generator, collect_states=all_steps,
+                                      exit_rule=exit_rule, probe=probe)
         states = core_out.states if all_steps else [core_out.state]
-        return [self.readout(self.backbone.decode(s, ctx), batch) for s in states]
+        real = ctx.token_mask
+        steps = (core_out.token_steps * real).max(dim=1).values
+        ponder = None
+        if core_out.ponder is not None:
+            ponder = (core_out.ponder * real).sum(1) / real.sum(1).clamp_min(1)
+        return TaskOutput([decode(s) for s in states], steps, ponder)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

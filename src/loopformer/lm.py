@@ -12,6 +12,8 @@ from .backbone import Backbone
 from .cache import KVCache
 from .config import ModelConfig
 from .core import GatedInjection
+from .exits import DEFAULT_EXIT_ENTROPY, ExitRule
+from .halting import HaltingUnit
 
 
 @dataclass
@@ -20,6 +22,8 @@ class LoopLMOutput:
     loss: torch.Tensor | None = None
     past_key_values: KVCache | None = None
     steps: torch.Tensor | None = None  # (B, T): core steps each token used
+    state: torch.Tensor | None = None  # (B, T, d): the final core state of each token
+    ponder: torch.Tensor | None = None  # (B, T): ACT's ponder cost N + R, if halting="act"
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -29,6 +33,8 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.normal_(m.weight, std=std)
         if isinstance(m, GatedInjection):
             m.reset_gate()
+        if isinstance(m, HaltingUnit):
+            m.reset_parameters()
 
 
 class LoopLM(nn.Module):
@@ -73,40 +79,65 @@ class LoopLM(nn.Module):
                 attention_mask: torch.Tensor | None = None,
                 past_key_values: KVCache | None = None, use_cache: bool = False,
                 labels: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> LoopLMOutput:
+                generator: torch.Generator | None = None,
+                exit_criterion: str | None = None, exit_threshold: float | None = None,
+                min_steps: int = 1, exit_entropy: float = DEFAULT_EXIT_ENTROPY,
+                initial_state: torch.Tensor | None = None) -> LoopLMOutput:
+        """Logits for input_ids after num_steps core steps (see RecurrentCore.forward).
+
+        exit_criterion: per-token early exit (see loopformer.exits); num_steps is then the
+        maximum and out.steps says what each token used. A new cache for adaptive depth uses
+        the "latest" fallback, so a token that stopped early can be attended at any depth.
+        """
         num_steps = self.cfg.mean_steps if num_steps is None else num_steps
+        exit_rule = None if exit_criterion is None else ExitRule(
+            exit_criterion, exit_threshold, min_steps, exit_entropy)
         cache = past_key_values
         if use_cache and cache is None:
-            cache = KVCache()
+            cache = KVCache(mode="exact" if exit_rule is None else "latest")
         if cache is not None and not self.cfg.causal:
             raise ValueError("a KV cache needs a causal model (ModelConfig.causal=True)")
         self.check_input_ids(input_ids, cache.seq_len if cache is not None else 0)
 
         B, T = input_ids.shape
         ctx = self.backbone.context(B, T, input_ids.device, attention_mask, cache=cache)
+        probe = None
+        if exit_rule is not None and exit_rule.needs_logits:
+            probe = lambda state: self.head(self.backbone.decode(state, ctx))
         features, core_out = self.backbone(self.embed(input_ids.long()), ctx, num_steps,
-                                    generator=generator)
-        logits = F.linear(features, self.embed.weight)  # tied head
+                                           generator=generator, exit_rule=exit_rule,
+                                           probe=probe, initial_state=initial_state)
+        logits = self.head(features)
         if cache is not None:
             cache.commit(ctx.token_mask, ctx.positions)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
                                    labels[:, 1:].flatten().long(), ignore_index=-100)
-        steps = torch.full((B, T), core_out.steps, dtype=torch.long, device=input_ids.device)
         return LoopLMOutput(logits=logits, loss=loss,
-                            past_key_values=cache if use_cache else None, steps=steps)
+                            past_key_values=cache if use_cache else None,
+                            steps=core_out.token_steps, state=core_out.state,
+                            ponder=core_out.ponder)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(features, self.embed.weight)  # tied to the input embedding
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 16, num_steps=None, *,
                  attention_mask: torch.Tensor | None = None, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  eos_token_id: int | None = None, pad_token_id: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, exit_criterion: str | None = None,
+                 exit_threshold: float | None = None, min_steps: int = 1,
+                 warm_start: bool = False, cache: KVCache | None = None) -> torch.Tensor:
         """Autoregressive decoding with the KV cache; returns prompt + new tokens (B, T + n).
 
         A sequence that has produced `eos_token_id` is continued with `pad_token_id` (default:
-        the eos id), and decoding stops once every sequence has finished.
+        the eos id), and decoding stops once every sequence has finished. exit_criterion makes
+        each token think only until it converges (num_steps is the maximum). warm_start
+        (continuous chain-of-thought) starts each new token's state from the previous token's
+        final state instead of init(e). `cache` is an empty KVCache to fill, to choose its
+        mode or compression (default: exact, or "latest" with an exit criterion).
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -116,16 +147,20 @@ class LoopLM(nn.Module):
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1] or be None, got {top_p}")
+        if cache is not None and cache.seq_len:
+            raise ValueError("generate() fills a new cache: pass an empty KVCache")
         self.check_input_ids(input_ids)
         total = input_ids.shape[1] + max_new_tokens
         if total > self.cfg.max_seq_len:
             raise ValueError(f"prompt of {input_ids.shape[1]} tokens + max_new_tokens="
                              f"{max_new_tokens} exceeds max_seq_len={self.cfg.max_seq_len}")
         pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
+        options = dict(generator=generator, exit_criterion=exit_criterion,
+                       exit_threshold=exit_threshold, min_steps=min_steps, use_cache=True)
         tokens = input_ids
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        out = self(input_ids, num_steps, attention_mask=attention_mask, use_cache=True,
-                   generator=generator)
+        out = self(input_ids, num_steps, attention_mask=attention_mask, past_key_values=cache,
+                   **options)
         for _ in range(max_new_tokens):
             next_token = pick_next_token(out.logits[:, -1].float(), do_sample, temperature,
                                          top_k, top_p, generator)
@@ -138,8 +173,66 @@ class LoopLM(nn.Module):
                 break
             if tokens.shape[1] < total:
                 out = self(next_token[:, None], num_steps, past_key_values=out.past_key_values,
-                           use_cache=True, generator=generator)
+                           initial_state=out.state[:, -1:] if warm_start else None, **options)
         return tokens
+
+    @torch.no_grad()
+    def generate_speculative(self, input_ids: torch.Tensor, max_new_tokens: int = 16,
+                             num_steps: int | None = None, draft_steps: int = 2,
+                             draft_tokens: int = 4,
+                             eos_token_id: int | None = None) -> tuple[torch.Tensor, dict]:
+        """Self-speculative greedy decoding: draft `draft_tokens` tokens with `draft_steps`
+        core steps, then verify them all in one pass at `num_steps`; keep the longest agreeing
+        prefix plus the verifier's next token. The output equals `generate(...,
+        do_sample=False)` at `num_steps`, because every kept token is the verifier's argmax
+        given an exactly cached prefix. Batch size 1. Returns (tokens, stats).
+        """
+        num_steps = self.cfg.mean_steps if num_steps is None else num_steps
+        if input_ids.shape[0] != 1:
+            raise ValueError("generate_speculative decodes one sequence at a time (batch 1)")
+        if not 1 <= draft_steps <= num_steps:
+            raise ValueError(f"draft_steps must lie in [1, num_steps={num_steps}], got "
+                             f"{draft_steps}")
+        if draft_tokens < 1:
+            raise ValueError(f"draft_tokens must be >= 1, got {draft_tokens}")
+        self.check_input_ids(input_ids)
+        limit = input_ids.shape[1] + max_new_tokens
+        if limit + draft_tokens > self.cfg.max_seq_len:
+            raise ValueError(f"prompt + max_new_tokens + draft_tokens = {limit + draft_tokens} "
+                             f"exceeds max_seq_len={self.cfg.max_seq_len}")
+        verify = self(input_ids[:, :-1], num_steps, use_cache=True).past_key_values \
+            if input_ids.shape[1] > 1 else KVCache()
+        draft = KVCache()
+        tokens = input_ids[0].tolist()
+        stats = {"rounds": 0, "drafted": 0, "accepted": 0}
+        # Invariant: `verify` caches every token but the last; `draft` caches a prefix.
+        while len(tokens) < limit and not (eos_token_id is not None and
+                                           tokens[-1] == eos_token_id and
+                                           len(tokens) > input_ids.shape[1]):
+            guesses = []
+            pending = tokens[draft.seq_len:]
+            for _ in range(min(draft_tokens, limit - len(tokens))):
+                ids = torch.tensor([pending], device=input_ids.device)
+                logits = self(ids, draft_steps, past_key_values=draft, use_cache=True).logits
+                guesses.append(int(logits[0, -1].argmax()))
+                pending = guesses[-1:]
+            ids = torch.tensor([tokens[-1:] + guesses], device=input_ids.device)
+            checks = self(ids, num_steps, past_key_values=verify,
+                          use_cache=True).logits[0].argmax(-1).tolist()
+            accepted = 0
+            while accepted < len(guesses) and guesses[accepted] == checks[accepted]:
+                accepted += 1
+            new = guesses[:accepted] + [checks[accepted]]
+            stats["rounds"] += 1
+            stats["drafted"] += len(guesses)
+            stats["accepted"] += accepted
+            if eos_token_id is not None and eos_token_id in new:
+                new = new[:new.index(eos_token_id) + 1]
+            tokens += new[:limit - len(tokens)]
+            verify.truncate(len(tokens) - 1)
+            draft.truncate(min(draft.seq_len, len(tokens) - 1))
+        stats["acceptance_rate"] = stats["accepted"] / max(stats["drafted"], 1)
+        return torch.tensor([tokens], device=input_ids.device), stats
 
 
 def pick_next_token(logits: torch.Tensor, do_sample: bool, temperature: float,

@@ -47,6 +47,8 @@ class TrainConfig:
     """Truncated backprop through the last k steps (Huginn: 8); None = through all steps."""
     alpha: float = 0.0
     """L = (1 - alpha) CE(final) + alpha/T sum_t CE(t); 0 = silent thinking (Chen 2026)."""
+    ponder_cost: float = 0.01
+    """ACT only: weight of the ponder cost mean(N + R) in the loss (Universal Transformers)."""
     curriculum: bool = False
     curriculum_threshold: float = 0.95
     bf16: bool = False
@@ -89,14 +91,17 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def loss_and_accuracy(model: TaskModel, batch: dict, num_steps, alpha: float):
-    logits = model(batch, num_steps, all_steps=alpha > 0)
-    labels = batch["label"]
+def loss_and_accuracy(model: TaskModel, batch: dict, num_steps, alpha: float,
+                      ponder_cost: float = 0.0):
+    out = model(batch, num_steps, all_steps=alpha > 0)
+    logits, labels = out.logits, batch["label"]
     final = F.cross_entropy(logits[-1].float(), labels)
     loss = final
     if alpha > 0:
         per_step = torch.stack([F.cross_entropy(l.float(), labels) for l in logits]).mean()
         loss = (1 - alpha) * final + alpha * per_step
+    if out.ponder is not None:  # ACT: pay for every step taken (Graves 2016)
+        loss = loss + ponder_cost * out.ponder.mean()
     accuracy = (logits[-1].argmax(-1) == labels).float().mean()
     return loss, accuracy
 
@@ -182,7 +187,8 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(cfg, step)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss, acc = loss_and_accuracy(self.model, batch, num_steps, cfg.alpha)
+                loss, acc = loss_and_accuracy(self.model, batch, num_steps, cfg.alpha,
+                                              cfg.ponder_cost)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
