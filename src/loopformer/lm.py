@@ -27,10 +27,12 @@ class LoopLMOutput:
 
 
 def init_weights(module: nn.Module, std: float) -> None:
-    """Normal(0, std) for every linear and embedding weight; biases keep their own init."""
+    """Normal(0, std) for every linear and embedding weight, then the modules that need a
+    special start (gate bias, halting unit) reset theirs."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=std)
+    for m in module.modules():
         if isinstance(m, GatedInjection):
             m.reset_gate()
         if isinstance(m, HaltingUnit):
