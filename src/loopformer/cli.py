@@ -46,7 +46,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
           out: Path = Path("runs/graph-quick"), resume: bool = False, updates: int | None = None,
           alpha: float | None = None, weight_decay: float | None = None,
           train_depth: tuple[int, int] | None = None,
-          baseline: Literal["none", "param", "compute"] = "none", bf16: bool = False,
+          baseline: Literal["none", "param", "compute"] = "none",
+          halting: Literal["none", "act"] = "none", bf16: bool = False,
           threads: int | None = None, progress: bool = True) -> None:
     """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
 
@@ -55,7 +56,7 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
     configuration (the other recipe flags are then ignored); without a run there, it starts one.
     --baseline param|compute trains the fixed-depth model without recurrence instead: one
     untied copy of the core (same parameters) or as many as the mean training depth (same
-    compute).
+    compute). --halting act adds a learned halting unit (ACT) with its ponder cost.
     """
     from .recipes import recipe
     from .train import Trainer, TrainConfig, load_config
@@ -85,6 +86,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
                 train_cfg.depth_mean if train_cfg.depth != "uniform"
                 else (train_cfg.depth_low + train_cfg.depth_high) / 2)
             model_cfg = model_cfg.replace(core="fixed", fixed_depth=depth)
+        if halting == "act":  # ACT halts within the largest training depth
+            model_cfg = model_cfg.replace(halting="act", mean_steps=train_cfg.depth_high)
     trainer = Trainer(model_cfg, train_cfg, out, progress=progress)
     start = time.perf_counter()
     result = trainer.fit(resume=resume)
@@ -132,6 +135,49 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
     print(f"wrote {json_path} and {png_path} in {time.perf_counter() - start:.0f}s")
 
 
+def adaptive(run_dir: Positional[Path],
+             criteria: str = "kl,entropy-diff,latent-diff,cosine,argmax-stability,kl-entropy",
+             thresholds: str = "", max_steps: int = 20, min_steps: int = 1,
+             exit_entropy: float | None = None, complexities: str | None = None,
+             examples: int = 500, threads: int | None = None) -> None:
+    """Adaptive depth on a trained run: per complexity, accuracy and mean steps under each
+    exit criterion next to the best fixed step count; writes DIR/adaptive.json.
+
+    --thresholds kl=1e-3,cosine=1e-2 overrides the default thresholds (loopformer.exits)."""
+    from .evaluate import adaptive_table, format_adaptive
+    from .exits import DEFAULT_THRESHOLDS
+    from .checkpoint import write_json_atomic
+    from .train import load_run
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    names = [c.strip() for c in criteria.split(",") if c.strip()]
+    for name in names:
+        if name not in DEFAULT_THRESHOLDS:
+            raise ValueError(f"unknown criterion {name!r}; choose from "
+                             f"{sorted(DEFAULT_THRESHOLDS)}")
+    chosen: dict[str, float | None] = {name: None for name in names}
+    for item in filter(None, (t.strip() for t in thresholds.split(","))):
+        name, _, value = item.partition("=")
+        if name not in chosen:
+            raise ValueError(f"--thresholds names {name!r}, which --criteria does not list")
+        try:
+            chosen[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--thresholds wants NAME=NUMBER, got {item!r}") from None
+    task, model, _, train_cfg, _ = load_run(run_dir)
+    levels = _int_list(complexities, "--complexities") if complexities else \
+        list(task.test_complexities)
+    start = time.perf_counter()
+    table = adaptive_table(task, model, levels, chosen, max_steps, examples, train_cfg.seed,
+                           min_steps, exit_entropy)
+    write_json_atomic(Path(run_dir) / "adaptive.json", table)
+    print(f"{task.name}: best fixed-step accuracy vs exit criteria (max {max_steps} steps, "
+          f"{examples} examples per row)")
+    print(format_adaptive(table))
+    print(f"wrote {Path(run_dir) / 'adaptive.json'} in {time.perf_counter() - start:.0f}s")
+
+
 def curves(run_dir: Positional[Path]) -> None:
     """Plot a run's training and held-out accuracy against updates into DIR/curves.png, and
     print the first update at which each held-out complexity reached 0.95."""
@@ -148,7 +194,8 @@ def curves(run_dir: Positional[Path]) -> None:
     print(f"wrote {plot_curves(run_dir)}")
 
 
-COMMANDS = {"train": train, "frontier": frontier, "curves": curves, "demo": demo}
+COMMANDS = {"train": train, "frontier": frontier, "adaptive": adaptive, "curves": curves,
+            "demo": demo}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -133,3 +133,50 @@ def plot_curves(run_dir: Path, title: str = "") -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+@torch.no_grad()
+def adaptive_table(task, model, complexities: Sequence[int], criteria: dict[str, float | None],
+                   max_steps: int, examples: int, seed: int, min_steps: int = 1,
+                   exit_entropy: float | None = None, chunk: int = 256) -> dict:
+    """Per complexity: accuracy at every fixed step count 1..max_steps (and the best), and for
+    each exit criterion its accuracy and mean steps used (for an ACT model: its own halting)."""
+    from .exits import DEFAULT_EXIT_ENTROPY, ExitRule
+
+    model.eval()
+    rows = []
+    for c in complexities:
+        batch = task.collate(task.eval_set(c, examples, seed))
+        fixed = accuracy_by_steps(model, batch, list(range(1, max_steps + 1)), chunk)
+        best_steps = max(fixed, key=lambda s: (fixed[s], -s))
+        row = {"complexity": c, "fixed": fixed, "best_fixed_steps": best_steps,
+               "best_fixed_accuracy": fixed[best_steps], "criteria": {}}
+        act = model.backbone.core.cfg.halting == "act"
+        for name, threshold in ({"act": None} if act else criteria).items():
+            rule = None if act else ExitRule(
+                name, threshold, min_steps,
+                DEFAULT_EXIT_ENTROPY if exit_entropy is None else exit_entropy)
+            correct, steps = 0, 0.0
+            for start in range(0, batch["label"].shape[0], chunk):
+                part = _slice(batch, start, start + chunk)
+                out = model(part, max_steps, exit_rule=rule)
+                correct += int((out.logits[-1].argmax(-1) == part["label"]).sum())
+                steps += float(out.steps.float().sum())
+            n = batch["label"].shape[0]
+            row["criteria"][name] = {"threshold": rule.threshold if rule else None,
+                                     "accuracy": correct / n, "mean_steps": steps / n}
+        rows.append(row)
+    return {"max_steps": max_steps, "min_steps": min_steps, "rows": rows}
+
+
+def format_adaptive(table: dict) -> str:
+    names = list(table["rows"][0]["criteria"]) if table["rows"] else []
+    head = f"{'cplx':>4} | {'best fixed':>14} | " + " | ".join(f"{n:>17}" for n in names)
+    lines = [head, f"{'':>4} | {'acc @ steps':>14} | " +
+             " | ".join(f"{'acc  mean steps':>17}" for _ in names), "-" * len(head)]
+    for row in table["rows"]:
+        cells = [f"{row['criteria'][n]['accuracy']:.3f} {row['criteria'][n]['mean_steps']:>6.2f}"
+                 for n in names]
+        lines.append(f"{row['complexity']:>4} | {row['best_fixed_accuracy']:>8.3f} @ "
+                     f"{row['best_fixed_steps']:>3} | " + " | ".join(f"{c:>17}" for c in cells))
+    return "\n".join(lines)
