@@ -1,0 +1,1 @@
+"""Speed and memory measurements that print tables; never asserted in the test suite."""
