@@ -1,0 +1,193 @@
+"""The benchmark suite (`python -m benchmarks`): prints tables and writes JSON.
+
+Measured side by side in one run: the machine's fp32 matmul peak; training tokens/s and
+achieved FLOP/s of the reference config (FLOPs counted by torch.utils.flop_counter) as a
+fraction of that peak; the recurrence overhead against an untied transformer of the same
+depth and FLOPs; training memory at 64 steps with and without truncated backprop against 8
+steps; bf16 autocast against fp32; prefill and decode tokens/s with and without the KV cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from loopformer import LoopLM, ModelConfig
+
+from .common import measure, print_table
+
+# The reference config of the performance issue.
+REFERENCE = ModelConfig(vocab_size=4096, d_model=256, n_heads=8, n_kv_heads=2, n_prelude=1,
+                        n_core=2, n_coda=1, injection="concat", max_seq_len=512, mean_steps=8)
+BATCH, SEQ, STEPS = 8, 128, 8
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    timing = measure(lambda: a @ b, repeats=repeats, warmup=2)
+    return 2 * size**3 / timing["median_s"]
+
+
+def batch_ids(cfg: ModelConfig, batch=BATCH, seq=SEQ) -> torch.Tensor:
+    return torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+
+
+def train_step_fn(model: LoopLM, ids: torch.Tensor, num_steps, bf16: bool = False):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(ids, num_steps, labels=ids).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def count_flops(model: LoopLM, ids: torch.Tensor, num_steps) -> int:
+    with FlopCounterMode(display=False) as counter:
+        model(ids, num_steps, labels=ids).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def training_row(name: str, cfg: ModelConfig, num_steps, repeats: int, peak: float,
+                 bf16: bool = False) -> dict:
+    torch.manual_seed(0)
+    model = LoopLM(cfg)
+    ids = batch_ids(cfg)
+    flops = count_flops(model, ids, num_steps)
+    timing = measure(train_step_fn(model, ids, num_steps, bf16), repeats=repeats, warmup=2)
+    t = timing["median_s"]
+    return {"benchmark": name, "median ms": 1e3 * t,
+            "spread ms": f"{1e3 * timing['min_s']:.0f}-{1e3 * timing['max_s']:.0f}",
+            "tokens/s": ids.numel() / t, "GFLOP/step": flops / 1e9,
+            "GFLOP/s": flops / t / 1e9, "% of peak": 100 * flops / t / peak}
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _peak_rss_child(cfg_dict, num_steps, queue):
+    # A fresh process per setting; the kernel's high-water mark is reset just before the step
+    # (writing 5 to clear_refs), so the peak belongs to the training step alone.
+    torch.set_num_threads(1)
+    cfg = ModelConfig.from_dict(cfg_dict)
+    model = LoopLM(cfg)
+    ids = batch_ids(cfg)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kb("VmRSS")
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, num_steps, labels=ids).loss.backward()
+    queue.put({"saved_MB": saved / 2**20, "rss_growth_MB": (_status_kb("VmHWM") - before) / 1024})
+
+
+def memory_row(name: str, cfg: ModelConfig, num_steps) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_rss_child, args=(cfg.to_dict(), num_steps, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return {"benchmark": name, "activations MB": result["saved_MB"],
+            "peak RSS growth MB": result["rss_growth_MB"]}
+
+
+@torch.no_grad()
+def decode_rows(cfg: ModelConfig, context: int, new: int, repeats: int) -> list[dict]:
+    torch.manual_seed(0)
+    model = LoopLM(cfg).eval()
+    prompt = batch_ids(cfg, 1, context)
+    prefill = measure(lambda: model(prompt, STEPS, use_cache=True), repeats=repeats)
+    decode_times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        out = model(prompt, STEPS, use_cache=True)
+        start = time.perf_counter()
+        for _ in range(new):
+            token = out.logits[:, -1:].argmax(-1)
+            out = model(token, STEPS, past_key_values=out.past_key_values, use_cache=True)
+        decode_times.append((time.perf_counter() - start) / new)
+    decode_cached = statistics.median(decode_times[1:])
+
+    def recompute():
+        ids = prompt
+        for _ in range(new):
+            ids = torch.cat((ids, model(ids, STEPS).logits[:, -1:].argmax(-1)), dim=1)
+
+    uncached = measure(recompute, repeats=repeats)
+    return [
+        {"benchmark": f"prefill {context} tokens", "median ms": 1e3 * prefill["median_s"],
+         "tokens/s": context / prefill["median_s"]},
+        {"benchmark": f"decode with cache ({context} context)", "median ms": 1e3 * decode_cached,
+         "tokens/s": 1 / decode_cached},
+        {"benchmark": f"decode recomputing the prefix ({context} context)",
+         "median ms": 1e3 * uncached["median_s"] / new, "tokens/s": new / uncached["median_s"]},
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="loopformer benchmark suite")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}; fp32 matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s (2048^3)")
+
+    ref = training_row(f"train reference ({STEPS} steps, fp32)", REFERENCE, STEPS,
+                       args.repeats, peak)
+    untied = training_row(f"train untied transformer, same depth/FLOPs",
+                          REFERENCE.replace(core="fixed", fixed_depth=STEPS), STEPS,
+                          args.repeats, peak)
+    untied["overhead"] = ref["median ms"] / untied["median ms"]
+    bf16 = training_row(f"train reference, bf16 autocast", REFERENCE, STEPS, args.repeats,
+                        peak, bf16=True)
+    bf16["vs fp32"] = ref["median ms"] / bf16["median ms"]
+    train_rows = [ref, untied, bf16]
+    print("\ntraining step: batch 8 x 128 tokens, d 256, 8 heads / 2 kv, 1/2/1 blocks")
+    print_table(train_rows, ["benchmark", "median ms", "spread ms", "tokens/s", "GFLOP/step",
+                             "GFLOP/s", "% of peak", "overhead", "vs fp32"])
+
+    mem_rows = [memory_row("8 steps", REFERENCE, 8),
+                memory_row("64 steps, truncated: backprop through last 8", REFERENCE, (56, 8)),
+                memory_row("64 steps, full backprop", REFERENCE, 64)]
+    base = mem_rows[0]["activations MB"]
+    for row in mem_rows:
+        row["vs 8 steps"] = row["activations MB"] / base
+    print("\ntraining memory (activations saved for backward; peak RSS growth of a fresh process)")
+    print_table(mem_rows, ["benchmark", "activations MB", "vs 8 steps", "peak RSS growth MB"])
+
+    dec_rows = decode_rows(REFERENCE, 256, 32, max(1, args.repeats // 2))
+    dec_rows[2]["cache speed-up"] = dec_rows[1]["tokens/s"] / dec_rows[2]["tokens/s"]
+    print(f"\ninference at {STEPS} steps, batch 1")
+    print_table(dec_rows, ["benchmark", "median ms", "tokens/s", "cache speed-up"])
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"matmul_peak_flops": peak, "torch": torch.__version__,
+                                    "threads": torch.get_num_threads(), "training": train_rows,
+                                    "memory": mem_rows, "inference": dec_rows}, indent=2))
+    print(f"\nwrote {args.out}")
+
