@@ -30,28 +30,44 @@ def _plus(x: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
     return x if p is None else x + p
 
 
-class AddInjection(nn.Module):
-    """s_{t+1} = B(s_t + e)  (looped transformers, Fan et al. 2024)."""
+class Injection(nn.Module):
+    """How the state and the input e enter the shared stack. `prepare(e)` is called once per
+    forward pass (e does not change across steps); `forward` once per step."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+
+    def prepare(self, e: torch.Tensor) -> torch.Tensor:
+        return e
+
+
+class AddInjection(Injection):
+    """s_{t+1} = B(s_t + e)  (looped transformers, Fan et al. 2024)."""
 
     def forward(self, s, e, p, blocks: Blocks):
         return blocks(_plus(s + e, p))
 
 
-class ConcatInjection(nn.Module):
-    """s_{t+1} = B(W [s_t ; e]), W: 2d -> d without bias  (Huginn, Geiping et al. 2025)."""
+class ConcatInjection(Injection):
+    """s_{t+1} = B(W [s_t ; e]), W: 2d -> d without bias  (Huginn, Geiping et al. 2025).
+
+    Stored as W = [W_s | W_e]: W [s ; e] = W_s s + W_e e, and W_e e is computed once per call
+    rather than once per step (no concatenation, half the adapter FLOPs in the loop).
+    """
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.adapter = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False)
+        super().__init__(cfg)
+        self.state_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.input_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, s, e, p, blocks: Blocks):
-        return blocks(_plus(self.adapter(torch.cat((s, e), dim=-1)), p))
+    def prepare(self, e: torch.Tensor) -> torch.Tensor:
+        return self.input_proj(e)
+
+    def forward(self, s, e_projected, p, blocks: Blocks):
+        return blocks(_plus(self.state_proj(s) + e_projected, p))
 
 
-class LTIInjection(nn.Module):
+class LTIInjection(Injection):
     """s_{t+1} = A*s_t + B*e + R(s_t, e), A diagonal in (0, LTI_MAX_DECAY]  (Parcae 2026).
 
     A = LTI_MAX_DECAY * sigmoid(theta) is computed in fp32, so no parameter value and no model
@@ -62,7 +78,7 @@ class LTIInjection(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
+        super().__init__(cfg)
         # Spread the initial decays over [0.5, 0.95] so channels hold memory for 1-20 steps.
         target = torch.linspace(0.5, 0.95, cfg.d_model) / LTI_MAX_DECAY
         self.decay_logit = nn.Parameter(torch.logit(target))
@@ -78,14 +94,14 @@ class LTIInjection(nn.Module):
         return s_next.to(s.dtype)
 
 
-class GatedInjection(nn.Module):
+class GatedInjection(Injection):
     """h = B(s_t + p_t); z = sigmoid(W_z [h ; s_t] + b_z); s_{t+1} = z*h + (1-z)*s_t  (Chen 2026).
 
     b_z starts at gate_bias_init (-2: each step keeps ~88% of the state), an identity bias.
     """
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
+        super().__init__(cfg)
         self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=True)
         self.gate_bias_init = cfg.gate_bias_init
 
@@ -201,8 +217,9 @@ class RecurrentCore(nn.Module):
             x = block(x, ctx, ("core", step, i))
         return self.out_norm(x)
 
-    def step(self, s: torch.Tensor, e: torch.Tensor, t: int, ctx: AttentionContext):
-        return self.injection(s, e, self.step_embedding(t, s),
+    def step(self, s: torch.Tensor, injected: torch.Tensor, t: int, ctx: AttentionContext):
+        """One step; `injected` = self.injection.prepare(e)."""
+        return self.injection(s, injected, self.step_embedding(t, s),
                               lambda x: self.run_blocks(x, ctx, t))
 
     def forward(self, e: torch.Tensor, ctx: AttentionContext, num_steps, *,
@@ -225,6 +242,7 @@ class RecurrentCore(nn.Module):
         total = n_nograd + n_grad
         s = initial_state if initial_state is not None else init_state(
             self.cfg.state_init, e, self.cfg.noise_std, generator)
+        injected = self.injection.prepare(e)
         tracker = ExitTracker(exit_rule, probe) if exit_rule is not None else None
         act = ACTAccumulator(self.halting, s, total) if self.halting is not None else None
         active = ctx.token_mask.clone() if tracker is not None else None
@@ -234,7 +252,7 @@ class RecurrentCore(nn.Module):
         steps_run = 0
         for t in range(total):
             with torch.set_grad_enabled(grad and t >= n_nograd):
-                s_next = self.step(s, e, t, ctx)
+                s_next = self.step(s, injected, t, ctx)
                 if active is not None:  # exited tokens keep their state
                     s_next = torch.where(active[..., None], s_next, s)
             s, steps_run = s_next, t + 1
@@ -291,7 +309,7 @@ class FixedDepthCore(nn.Module):
             raise ValueError("the fixed-depth baseline has no exits and no warm start")
         s = init_state(self.cfg.state_init, e, self.cfg.noise_std, generator)
         for t, layer in enumerate(self.layers):
-            s = layer.step(s, e, t, ctx)
+            s = layer.step(s, layer.injection.prepare(e), t, ctx)
         return CoreOutput(state=s, steps=len(self.layers), states=[s] if collect_states else None,
                           token_steps=torch.full_like(ctx.token_mask, len(self.layers),
                                                       dtype=torch.long))
