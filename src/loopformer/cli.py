@@ -47,7 +47,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
           alpha: float | None = None, weight_decay: float | None = None,
           train_depth: tuple[int, int] | None = None,
           baseline: Literal["none", "param", "compute"] = "none",
-          halting: Literal["none", "act"] = "none", bf16: bool = False,
+          halting: Literal["none", "act"] = "none", curriculum: bool | None = None,
+          bf16: bool = False,
           threads: int | None = None, progress: bool = True) -> None:
     """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
 
@@ -76,6 +77,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
             changes["alpha"] = alpha
         if weight_decay is not None:
             changes["weight_decay"] = weight_decay
+        if curriculum is not None:
+            changes["curriculum"] = curriculum
         if train_depth is not None:  # a fixed training depth when both numbers agree
             low, high = train_depth
             changes.update(depth="fixed" if low == high else "uniform", depth_low=low,

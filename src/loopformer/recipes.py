@@ -38,20 +38,21 @@ RECIPES: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {
         task="logic", steps=1200, batch_size=64, train_examples=8_000, lr=1e-3,
         depth="uniform", depth_low=4, depth_high=16, eval_steps=12, eval_every=250,
         checkpoint_every=250)),
-    ("family", "paper"): (SEQUENCE_MODEL.replace(vocab_size=33), TrainConfig(
+    ("family", "paper"): (SEQUENCE_MODEL.replace(vocab_size=32, causal=False), TrainConfig(
         task="family", steps=6000, batch_size=64, train_examples=12_000, lr=3e-4,
         depth="uniform", depth_low=1, depth_high=12, eval_every=500, checkpoint_every=500)),
-    ("family", "quick"): (SEQUENCE_MODEL.replace(vocab_size=33), TrainConfig(
+    ("family", "quick"): (SEQUENCE_MODEL.replace(vocab_size=32, causal=False), TrainConfig(
         task="family", steps=1200, batch_size=64, train_examples=8_000, lr=1e-3,
         depth="uniform", depth_low=1, depth_high=12, eval_every=250, checkpoint_every=250)),
     ("chains", "paper"): (SEQUENCE_MODEL.replace(vocab_size=210, max_seq_len=32), TrainConfig(
         task="chains", steps=8000, batch_size=128, train_examples=50_000, lr=1e-3,
-        depth="poisson", depth_low=2, depth_high=8, depth_mean=4, eval_every=500,
+        depth="poisson", depth_low=2, depth_high=8, depth_mean=4, curriculum=True, eval_every=250,
         checkpoint_every=500)),
+    # Curriculum (Loop-Think-Generalize): start on 1-2 hops, add one once the hardest is solved.
     ("chains", "quick"): (SEQUENCE_MODEL.replace(vocab_size=60, max_seq_len=32), TrainConfig(
-        task="chains", task_options={"num_entities": 50}, steps=2000, batch_size=128,
+        task="chains", task_options={"num_entities": 50}, steps=3000, batch_size=128,
         train_examples=20_000, lr=1e-3, depth="poisson", depth_low=2, depth_high=8,
-        depth_mean=4, eval_every=250, checkpoint_every=250)),
+        depth_mean=4, curriculum=True, eval_every=100, checkpoint_every=250)),
     # Grokking (Power et al. 2022 / Nanda et al. 2023): full batch, AdamW lr 1e-3,
     # weight decay 1.0, betas (0.9, 0.98). One core step: the looped part is not the point here.
     ("modarith", "paper"): (SEQUENCE_MODEL.replace(vocab_size=99, max_seq_len=8, n_prelude=0,

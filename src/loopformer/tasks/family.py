@@ -4,8 +4,9 @@ A chain of K+1 people (K = complexity) is stated as shuffled "X is the parent/ch
 plus 2-4 distractor facts among people outside the chain. The query "A is the R of B ?" names
 the generation offset between the chain's ends: parent (+1), grandparent (+2),
 great-grandparent (+3, ...), child (-1), ..., or sibling (0). A negative shifts the true offset
-by +-2 or +-4, which keeps its parity. The answer token ("yes"/"no") is predicted at the last
-position.
+by +-2 or +-4, which keeps its parity. The text is classified (true/false) from a CLS token
+with bidirectional attention, as in Chen 2026; facts arrive shuffled, so causal attention
+would let a fact see only the facts before it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Task, left_pad
+from .base import Task, right_pad
 
 NAMES = [f"n{i}" for i in range(20)]
-WORDS = ["<pad>", "is", "the", "of", ".", "?", "parent", "child", "grand", "great", "sibling",
-         "yes", "no"]
+WORDS = ["<pad>", "<cls>", "is", "the", "of", ".", "?", "parent", "child", "grand", "great",
+         "sibling"]
 VOCAB = WORDS + NAMES
 TOKEN = {w: i for i, w in enumerate(VOCAB)}
 MAX_OFFSET = 12
@@ -36,17 +37,16 @@ def relation_words(offset: int) -> list[str]:
 
 @dataclass
 class FamilyExample:
-    words: list[str]  # facts, query and "?"; the answer is predicted after the last word
+    words: list[str]  # facts, then the query ending in "?"
     label: int  # 1 = the stated relation holds
     complexity: int
 
 
 class FamilyRelations(Task):
     name = "family"
-    interface = "lm"
+    interface = "classifier"
     vocab_size = len(VOCAB)
-    num_classes = len(VOCAB)
-    yes, no = TOKEN["yes"], TOKEN["no"]
+    num_classes = 2
 
     def __init__(self, train_complexities=(2, 3, 4, 5), test_complexities=tuple(range(2, 10)),
                  max_len: int = 160):
@@ -82,8 +82,8 @@ class FamilyRelations(Task):
         return FamilyExample(words, int(positive), complexity)
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
-        ids, mask = left_pad([[TOKEN[w] for w in ex.words] for ex in examples])
-        labels = torch.tensor([ex.label for ex in examples])
+        ids, mask = right_pad([[TOKEN["<cls>"]] + [TOKEN[w] for w in ex.words]
+                               for ex in examples])
         return {"input_ids": ids, "attention_mask": mask,
-                "label": torch.where(labels == 1, self.yes, self.no),
+                "label": torch.tensor([ex.label for ex in examples]),
                 "complexity": torch.tensor([ex.complexity for ex in examples])}
