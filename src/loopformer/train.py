@@ -127,6 +127,7 @@ class Trainer:
                                                                   cfg.seed))
                           for c in levels}
         self.step = 0
+        self._full_batch: tuple[int, dict] | None = None
 
     def state(self) -> dict:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
@@ -139,10 +140,14 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     def batch(self, step: int) -> dict:
-        rng = np.random.default_rng([self.cfg.seed, step, 0xBA7C])
         pool = [i for i, ex in enumerate(self.train_set) if ex.complexity <= self.max_level]
-        size = min(self.cfg.batch_size, len(pool))
-        chosen = rng.choice(len(pool), size=size, replace=False)
+        if self.cfg.batch_size >= len(pool):  # full batch: collate once per curriculum level
+            if self._full_batch is None or self._full_batch[0] != self.max_level:
+                full = self.task.collate([self.train_set[i] for i in pool])
+                self._full_batch = (self.max_level, full)
+            return self._full_batch[1]
+        rng = np.random.default_rng([self.cfg.seed, step, 0xBA7C])
+        chosen = rng.choice(len(pool), size=self.cfg.batch_size, replace=False)
         return self.task.collate([self.train_set[pool[i]] for i in sorted(chosen)])
 
     def num_steps(self, step: int):
