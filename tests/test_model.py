@@ -178,3 +178,30 @@ def test_bad_num_steps(num_steps):
 def test_bad_attention_mask_shape():
     with pytest.raises(ValueError, match="attention_mask must have shape"):
         tiny_model()(torch.zeros(2, 4, dtype=torch.long), 2, attention_mask=torch.ones(2, 3))
+
+
+def test_compiled_blocks_do_not_recompile_for_a_new_number_of_steps():
+    model = tiny_model().train()
+    compiles = 0
+
+    def counting_backend(graph_module, example_inputs):
+        nonlocal compiles
+        compiles += 1
+        return graph_module.forward
+
+    ids = torch.randint(0, 64, (2, 8))
+    reference = model(ids, 3).logits
+    torch._dynamo.reset()
+    model.backbone.compile_blocks(backend=counting_backend)
+    compiled = model(ids, 3).logits
+    compiled.sum().backward()
+    after_first = compiles
+    for steps in (7, 12, 3):
+        model(ids, steps).logits.sum().backward()
+    assert after_first > 0 and compiles == after_first
+    # Truncated backprop adds the no-grad variant once, then reuses it for any split.
+    model(ids, (5, 2)).logits.sum().backward()
+    model(ids, (9, 3)).logits.sum().backward()
+    assert compiles == after_first + 1
+    torch.testing.assert_close(compiled, reference, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()

@@ -8,7 +8,9 @@ from torch import nn
 from .cache import KVCache
 from .config import ModelConfig
 from .core import CoreOutput, FixedDepthCore, RecurrentCore
-from .layers import AttentionContext, RMSNorm, RotaryEmbedding, make_block
+from .layers import BLOCKS, AttentionContext, RMSNorm, RotaryEmbedding, make_block
+
+BLOCK_TYPES = tuple(BLOCKS.values())
 
 
 class Backbone(nn.Module):
@@ -21,6 +23,13 @@ class Backbone(nn.Module):
         self.core = RecurrentCore(cfg) if cfg.core == "recurrent" else FixedDepthCore(cfg)
         self.coda = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_coda))
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def compile_blocks(self, **options) -> None:
+        """torch.compile every block in place (options go to torch.compile). The loop stays
+        in Python, so a new number of steps reuses the compiled blocks."""
+        for block in [*self.prelude, *self.core.modules(), *self.coda]:
+            if isinstance(block, BLOCK_TYPES):
+                block.compile(**options)
 
     def context(self, batch: int, length: int, device: torch.device,
                 attention_mask: torch.Tensor | None = None,

@@ -213,8 +213,11 @@ class RecurrentCore(nn.Module):
         self.halting = HaltingUnit(cfg) if cfg.halting == "act" else None
 
     def run_blocks(self, x: torch.Tensor, ctx: AttentionContext, step: int) -> torch.Tensor:
+        # The slot names a cache entry; without a cache the blocks see no step index, so a
+        # compiled block is the same graph at every step and never recompiles.
+        cached = ctx.cache is not None
         for i, block in enumerate(self.blocks):
-            x = block(x, ctx, ("core", step, i))
+            x = block(x, ctx, ("core", step, i) if cached else None)
         return self.out_norm(x)
 
     def step(self, s: torch.Tensor, injected: torch.Tensor, t: int, ctx: AttentionContext):

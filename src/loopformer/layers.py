@@ -11,6 +11,8 @@ from torch import nn
 
 from .config import ModelConfig
 
+SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -99,10 +101,15 @@ class Attention(nn.Module):
             q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
         if ctx.cache is not None and slot is not None:
             k, v = ctx.cache.update(slot, k, v)
+        gqa = {}
         if self.n_kv_heads != self.n_heads:
-            groups = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal)
+            if SDPA_HAS_GQA:  # torch >= 2.5 shares each kv head across its group, no copies
+                gqa = {"enable_gqa": True}
+            else:
+                groups = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal,
+                                           **gqa)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
