@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: main test
+.PHONY: main test bench
 # The graph-reachability frontier: train the quick recipe (resumes or skips a finished run in
 # runs/graph-quick), then print the accuracy grid and save runs/graph-quick/frontier.png.
 main: $(VENV)/.installed
@@ -20,3 +20,6 @@ main: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python -m benchmarks

@@ -60,14 +60,21 @@ def count_flops(model: LoopLM, ids: torch.Tensor, num_steps) -> int:
 
 
 def training_row(name: str, cfg: ModelConfig, num_steps, repeats: int, peak: float,
-                 bf16: bool = False) -> dict:
+                 bf16: bool = False, compile_blocks: bool = False) -> dict:
     torch.manual_seed(0)
     model = LoopLM(cfg)
     ids = batch_ids(cfg)
     flops = count_flops(model, ids, num_steps)
-    timing = measure(train_step_fn(model, ids, num_steps, bf16), repeats=repeats, warmup=2)
+    step = train_step_fn(model, ids, num_steps, bf16)
+    extra = {}
+    if compile_blocks:
+        model.backbone.compile_blocks()
+        start = time.perf_counter()
+        step()  # the first call compiles
+        extra["compile s"] = time.perf_counter() - start
+    timing = measure(step, repeats=repeats, warmup=2)
     t = timing["median_s"]
-    return {"benchmark": name, "median ms": 1e3 * t,
+    return {"benchmark": name, **extra, "median ms": 1e3 * t,
             "spread ms": f"{1e3 * timing['min_s']:.0f}-{1e3 * timing['max_s']:.0f}",
             "tokens/s": ids.numel() / t, "GFLOP/step": flops / 1e9,
             "GFLOP/s": flops / t / 1e9, "% of peak": 100 * flops / t / peak}
@@ -149,6 +156,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the reference step with torch.compile'd blocks")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,9 +176,14 @@ def main() -> None:
                         peak, bf16=True)
     bf16["vs fp32"] = ref["median ms"] / bf16["median ms"]
     train_rows = [ref, untied, bf16]
+    if args.compile:
+        compiled = training_row("train reference, compiled blocks", REFERENCE, STEPS,
+                                args.repeats, peak, compile_blocks=True)
+        compiled["vs fp32"] = ref["median ms"] / compiled["median ms"]
+        train_rows.append(compiled)
     print("\ntraining step: batch 8 x 128 tokens, d 256, 8 heads / 2 kv, 1/2/1 blocks")
     print_table(train_rows, ["benchmark", "median ms", "spread ms", "tokens/s", "GFLOP/step",
-                             "GFLOP/s", "% of peak", "overhead", "vs fp32"])
+                             "GFLOP/s", "% of peak", "overhead", "vs fp32", "compile s"])
 
     mem_rows = [memory_row("8 steps", REFERENCE, 8),
                 memory_row("64 steps, truncated: backprop through last 8", REFERENCE, (56, 8)),
