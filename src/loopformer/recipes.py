@@ -57,7 +57,7 @@ RECIPES: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {
     # weight decay 1.0, betas (0.9, 0.98). One core step: the looped part is not the point here.
     ("modarith", "paper"): (SEQUENCE_MODEL.replace(vocab_size=99, max_seq_len=8, n_prelude=0,
                                                    n_coda=0, layer_scale_init=None), TrainConfig(
-        task="modarith", task_options={"modulus": 97, "train_fraction": 0.5}, steps=10_000,
+        task="modarith", task_options={"modulus": 97, "train_fraction": 0.3}, steps=10_000,
         batch_size=100_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
         min_lr_ratio=1.0, grad_clip=1e9, depth="fixed", depth_low=1, depth_high=1,
         depth_mean=1, eval_examples=100_000, eval_every=100, checkpoint_every=1000)),
