@@ -52,12 +52,25 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
           threads: int | None = None, progress: bool = True) -> None:
     """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
 
-    --train-depth LOW HIGH samples the core steps per batch from U{LOW..HIGH} (fixed when
-    LOW == HIGH). --resume continues the run in --out from its newest checkpoint with its stored
-    configuration (the other recipe flags are then ignored); without a run there, it starts one.
-    --baseline param|compute trains the fixed-depth model without recurrence instead: one
-    untied copy of the core (same parameters) or as many as the mean training depth (same
-    compute). --halting act adds a learned halting unit (ACT) with its ponder cost.
+    Args:
+        task: graph | logic | family | chains | modarith.
+        preset: quick (minutes on a laptop CPU) or paper (the source paper's size).
+        seed: seeds the data, the initialisation and the depth sampler.
+        out: the run directory.
+        resume: continue the run in --out from its newest checkpoint with its stored
+            configuration (the other recipe flags are then ignored); without a run there,
+            start one.
+        updates: optimiser updates (default: the recipe's).
+        alpha: per-step supervision weight; 0 = loss on the final step only.
+        weight_decay: AdamW weight decay (default: the recipe's).
+        train_depth: LOW HIGH: core steps per batch from U{LOW..HIGH}; fixed when LOW == HIGH.
+        baseline: train the fixed-depth model without recurrence instead: one untied copy of
+            the core (param: same parameters) or as many as the mean training depth (compute).
+        halting: act adds a learned halting unit (ACT) with its ponder cost.
+        curriculum: raise the training complexity once the hardest level is solved.
+        bf16: bf16 autocast.
+        threads: torch CPU threads.
+        progress: show a progress bar.
     """
     from .recipes import recipe
     from .train import Trainer, TrainConfig, load_config
@@ -79,6 +92,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
             changes["weight_decay"] = weight_decay
         if curriculum is not None:
             changes["curriculum"] = curriculum
+        if bf16:
+            changes["bf16"] = True
         if train_depth is not None:  # a fixed training depth when both numbers agree
             low, high = train_depth
             changes.update(depth="fixed" if low == high else "uniform", depth_low=low,
