@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,8 +181,10 @@ class Trainer:
                                                     "train": cfg.to_dict()})
             (out / "metrics.jsonl").write_text("")
         self.model.train()
+        # Redraw often on a terminal, rarely in a log file.
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress,
-                   desc=f"train {cfg.task}", dynamic_ncols=True)
+                   desc=f"train {cfg.task}", dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
         metrics_file = open(out / "metrics.jsonl", "a")
         last_eval: dict = {}
         start, tokens = time.perf_counter(), 0
