@@ -37,7 +37,8 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
 
 
 def batch_ids(cfg: ModelConfig, batch=BATCH, seq=SEQ) -> torch.Tensor:
-    return torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, cfg.vocab_size, (batch, seq), generator=generator)
 
 
 def train_step_fn(model: LoopLM, ids: torch.Tensor, num_steps, bf16: bool = False):

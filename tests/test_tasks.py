@@ -87,7 +87,7 @@ def solve_family(words):
     size = 1 + relation.count("great") + relation.count("grand") if relation[-1] != "sibling" \
         else 0
     stated = size if relation[-1] == "parent" else -size
-    offsets, queue = {a: 0}, deque([a])  # generations of each person above... relative to a
+    offsets, queue = {a: 0}, deque([a])  # generations above a (negative: below)
     while queue:
         x = queue.popleft()
         for y, up in graph.get(x, []):

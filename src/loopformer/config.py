@@ -67,7 +67,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     gate_bias_init: float = -2.0
-    """Bias of the update gate for injection='gated': sigmoid(-2) keeps ~88% of the state per step."""
+    """Update-gate bias for injection='gated': sigmoid(-2) keeps ~88% of the state per step."""
     init_std: float = 0.02
 
     def __post_init__(self) -> None:

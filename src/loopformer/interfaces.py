@@ -7,6 +7,7 @@ many depths in one pass.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -28,16 +29,16 @@ class TaskOutput:
     ponder: torch.Tensor | None = None  # (B,) ACT's mean N + R over the example's tokens
 
 
-class TaskModel(nn.Module):
+class TaskModel(nn.Module, ABC):
     backbone: Backbone
 
+    @abstractmethod
     def encode_inputs(self, batch: dict) -> tuple[torch.Tensor, AttentionContext]:
         """Batch -> embeddings (B, T, d) and the attention context."""
-        raise NotImplementedError  # abstract
 
+    @abstractmethod
     def readout(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
         """Coda features (B, T, d) -> logits (B, classes)."""
-        raise NotImplementedError  # abstract
 
     def forward(self, batch: dict, num_steps, *, all_steps: bool = False,
                 generator: torch.Generator | None = None,

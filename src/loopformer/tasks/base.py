@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Sequence
 
 import torch
 
 
-class Task:
+class Task(ABC):
     """A reasoning task. Subclasses define `sample` and `collate` and the class attributes.
 
     `interface` names the model wrapper the task needs (see `loopformer.interfaces`):
@@ -24,13 +25,13 @@ class Task:
     train_complexities: tuple[int, ...]
     test_complexities: tuple[int, ...]
 
+    @abstractmethod
     def sample(self, complexity: int, rng: random.Random) -> Any:
         """One example of the given complexity, drawn with `rng` only."""
-        raise NotImplementedError  # abstract
 
+    @abstractmethod
     def collate(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
         """Examples -> a batch of tensors with at least "label" (B,) and "complexity" (B,)."""
-        raise NotImplementedError  # abstract
 
     def check_complexity(self, complexity: int) -> None:
         if complexity < 1:
