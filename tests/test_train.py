@@ -32,6 +32,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
 
     first = Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path / "b", progress=False)
     first.fit()
+    # As if killed after logging update 4 but before its checkpoint.
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 4, "loss": 0.0}) + "\n")
     # The second process reads the stored config but runs to the full length.
     resumed = Trainer(SMALL_GRAPH, small_config(), tmp_path / "b", progress=False)
     resumed.fit(resume=True)

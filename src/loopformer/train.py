@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import (CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic,
+                         write_text_atomic)
 from .config import ModelConfig
 from .depth import sample_depth
 from .evaluate import accuracy_by_steps
@@ -173,6 +174,11 @@ class Trainer:
         out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
+            # A run killed after its last checkpoint logged updates that will be redone.
+            metrics = out / "metrics.jsonl"
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            write_text_atomic(metrics, "".join(line + "\n" for line in kept))
         else:
             if (out / "latest").exists():
                 raise CheckpointError(f"{out} already holds a run; pass --resume to continue "
