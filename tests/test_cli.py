@@ -25,6 +25,14 @@ def test_train_then_frontier_end_to_end(tmp_path, capsys):
     assert all(0 <= a <= 1 for row in result["accuracy"] for a in row)
     assert (out / "frontier.png").stat().st_size > 1000
     assert "thinking steps" in capsys.readouterr().out
+    main(["adaptive", str(out), "--criteria", "kl,cosine", "--thresholds", "kl=1e-3",
+          "--max-steps", "3", "--complexities", "1,2", "--examples", "8"])
+    table = json.loads((out / "adaptive.json").read_text())
+    assert [row["complexity"] for row in table["rows"]] == [1, 2]
+    kl = table["rows"][0]["criteria"]["kl"]
+    assert kl["threshold"] == 1e-3 and 1 <= kl["mean_steps"] <= 3
+    main(["curves", str(out)])
+    assert (out / "curves.png").is_file()
     # --resume of a finished run trains nothing more and keeps its checkpoint.
     main(["train", "--out", str(out), "--resume", "--no-progress"])
     assert (out / "latest").read_text().strip() == "ckpt-0000003"
@@ -35,6 +43,7 @@ def test_train_then_frontier_end_to_end(tmp_path, capsys):
     (["frontier", ".", "--steps", "1,x"], "--steps takes comma-separated integers"),
     (["frontier", ".", "--steps", "0,2"], "--steps needs integers >= 1"),
     (["train", "--task", "sudoku", "--out", "/tmp/never"], "no recipe for task 'sudoku'"),
+    (["adaptive", ".", "--criteria", "vibes"], "unknown criterion 'vibes'"),
 ])
 def test_bad_arguments_give_one_line_and_nonzero_exit(args, message, capsys, tmp_path):
     code, out, err = run_cli(args, capsys)
