@@ -21,6 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from loopformer import LoopLM, ModelConfig
+from loopformer.memory import saved_tensor_bytes
 
 from .common import measure, print_table
 
@@ -97,15 +98,7 @@ def _peak_rss_child(cfg_dict, num_steps, queue):
     ids = batch_ids(cfg)
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kb("VmRSS")
-    saved = 0
-
-    def pack(t):
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(ids, num_steps, labels=ids).loss.backward()
+    saved = saved_tensor_bytes(lambda: model(ids, num_steps, labels=ids).loss.backward())
     queue.put({"saved_MB": saved / 2**20, "rss_growth_MB": (_status_kb("VmHWM") - before) / 1024})
 
 

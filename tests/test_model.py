@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from conftest import tiny_model
 from loopformer import LoopLM
+from loopformer.memory import saved_tensor_bytes
 
 
 def test_shapes_and_default_depth(injection_setup):
@@ -69,16 +70,7 @@ def test_truncated_backprop_gradients_flow_only_through_last_steps(injection_set
 
 def _saved_bytes(model: LoopLM, ids, num_steps) -> int:
     """Bytes autograd keeps for the backward pass: training memory beyond the weights."""
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(ids, num_steps=num_steps).logits.sum().backward()
-    return total
+    return saved_tensor_bytes(lambda: model(ids, num_steps=num_steps).logits.sum().backward())
 
 
 def test_training_memory_does_not_grow_with_no_grad_steps(injection_setup):

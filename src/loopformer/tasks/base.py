@@ -71,3 +71,11 @@ def right_pad(sequences: Sequence[Sequence[int]], pad: int = 0):
         ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[i, :len(seq)] = 1
     return ids, mask
+
+
+def cls_batch(token_lists: Sequence[Sequence[int]], examples, cls_id: int) -> dict:
+    """A classification batch: a CLS token first, right padding, labels and complexities."""
+    ids, mask = right_pad([[cls_id, *tokens] for tokens in token_lists])
+    return {"input_ids": ids, "attention_mask": mask,
+            "label": torch.tensor([ex.label for ex in examples]),
+            "complexity": torch.tensor([ex.complexity for ex in examples])}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Task, right_pad
+from .base import Task, cls_batch
 
 NAMES = [f"n{i}" for i in range(20)]
 WORDS = ["<pad>", "<cls>", "is", "the", "of", ".", "?", "parent", "child", "grand", "great",
@@ -82,8 +82,5 @@ class FamilyRelations(Task):
         return FamilyExample(words, int(positive), complexity)
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
-        ids, mask = right_pad([[TOKEN["<cls>"]] + [TOKEN[w] for w in ex.words]
-                               for ex in examples])
-        return {"input_ids": ids, "attention_mask": mask,
-                "label": torch.tensor([ex.label for ex in examples]),
-                "complexity": torch.tensor([ex.complexity for ex in examples])}
+        return cls_batch([[TOKEN[w] for w in ex.words] for ex in examples], examples,
+                         TOKEN["<cls>"])

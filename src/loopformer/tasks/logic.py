@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Task, right_pad
+from .base import Task, cls_batch
 
 SYMBOLS = ["<pad>", "<cls>", "T", "F", "&", "|", "!", "(", ")"]
 TOKEN = {s: i for i, s in enumerate(SYMBOLS)}
@@ -85,8 +85,5 @@ class NestedLogic(Task):
                 return LogicExample(text, int(want), complexity)
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
-        ids, mask = right_pad([[TOKEN["<cls>"]] + [TOKEN[c] for c in ex.text]
-                               for ex in examples])
-        return {"input_ids": ids, "attention_mask": mask,
-                "label": torch.tensor([ex.label for ex in examples]),
-                "complexity": torch.tensor([ex.complexity for ex in examples])}
+        return cls_batch([[TOKEN[c] for c in ex.text] for ex in examples], examples,
+                         TOKEN["<cls>"])
