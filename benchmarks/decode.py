@@ -10,7 +10,6 @@ Python standard library's own source files, so nothing is downloaded:
 from __future__ import annotations
 
 import argparse
-import json
 import sysconfig
 import time
 from pathlib import Path
@@ -109,7 +108,6 @@ def main() -> None:
                      "spread": f"{tokens / timing['max_s']:.1f}-{tokens / timing['min_s']:.1f}",
                      **(extra or {})})
 
-    cache = model(prompt, r, use_cache=True).past_key_values
     add("exact cache", lambda: model.generate(prompt, n, r), n,
         {"cache MB": _cache_mb(model, prompt, n, r, None)})
     for slots in (4, 1):

@@ -162,11 +162,11 @@ def main() -> None:
 
     ref = training_row(f"train reference ({STEPS} steps, fp32)", REFERENCE, STEPS,
                        args.repeats, peak)
-    untied = training_row(f"train untied transformer, same depth/FLOPs",
+    untied = training_row("train untied transformer, same depth/FLOPs",
                           REFERENCE.replace(core="fixed", fixed_depth=STEPS), STEPS,
                           args.repeats, peak)
     untied["overhead"] = ref["median ms"] / untied["median ms"]
-    bf16 = training_row(f"train reference, bf16 autocast", REFERENCE, STEPS, args.repeats,
+    bf16 = training_row("train reference, bf16 autocast", REFERENCE, STEPS, args.repeats,
                         peak, bf16=True)
     bf16["vs fp32"] = ref["median ms"] / bf16["median ms"]
     train_rows = [ref, untied, bf16]

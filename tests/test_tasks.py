@@ -4,7 +4,6 @@ import random
 from collections import deque
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

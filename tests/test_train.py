@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from loopformer import checkpoint as ckpt
-from loopformer.config import ModelConfig
 from loopformer.depth import sample_depth
 from loopformer.recipes import GRAPH_MODEL
 from loopformer.train import Trainer, TrainConfig, load_run, loss_and_accuracy
