@@ -5,6 +5,8 @@ from hypothesis import strategies as st
 
 from conftest import tiny_model
 from loopformer import LoopLM
+from loopformer.layers import RotaryEmbedding, apply_rope
+from loopformer.lm import next_token_loss
 from loopformer.memory import saved_tensor_bytes
 
 
@@ -137,6 +139,32 @@ def test_rope_tables_stay_fp32_through_dtype_round_trip():
     assert relative_error(model(ids, 3).logits) < 0.05
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 40), st.integers(0, 40), st.integers(1, 20))
+def test_rope_keeps_norms_and_scores_depend_on_relative_position(i, j, shift):
+    rope = RotaryEmbedding(head_dim=8, max_seq_len=64)
+    generator = torch.Generator().manual_seed(i * 100 + j)
+    q, k = torch.randn(2, 1, 1, 8, generator=generator).unbind(0)
+
+    def rotated(x, position):
+        cos, sin = rope(torch.tensor([[position]]))
+        return apply_rope(x[None], cos, sin)[0]
+
+    torch.testing.assert_close(rotated(q, i).norm(), q.norm())
+    score = (rotated(q, i) * rotated(k, j)).sum()
+    shifted = (rotated(q, i + shift) * rotated(k, j + shift)).sum()
+    torch.testing.assert_close(score, shifted, rtol=1e-5, atol=1e-5)
+
+
+def test_next_token_loss_predicts_the_following_token():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    labels[1, 3] = -100
+    keep = labels[:, 1:] != -100
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
+    torch.testing.assert_close(next_token_loss(logits, labels), expected)
+
+
 def test_structure_mask_restricts_attention():
     model = tiny_model(causal=False)
     ids = torch.randint(0, 64, (1, 6))
@@ -172,7 +200,7 @@ def test_bad_attention_mask_shape():
         tiny_model()(torch.zeros(2, 4, dtype=torch.long), 2, attention_mask=torch.ones(2, 3))
 
 
-def test_compiled_blocks_do_not_recompile_for_a_new_number_of_steps():
+def test_compiled_regions_do_not_recompile_for_a_new_number_of_steps():
     model = tiny_model().train()
     compiles = 0
 
@@ -182,18 +210,25 @@ def test_compiled_blocks_do_not_recompile_for_a_new_number_of_steps():
         return graph_module.forward
 
     ids = torch.randint(0, 64, (2, 8))
-    reference = model(ids, 3).logits
+    reference = model(ids, 3, labels=ids)
     torch._dynamo.reset()
-    model.backbone.compile_blocks(backend=counting_backend)
-    compiled = model(ids, 3).logits
-    compiled.sum().backward()
+    model.compile_regions(backend=counting_backend)
+    compiled = model(ids, 3, labels=ids)
+    compiled.loss.backward()
     after_first = compiles
     for steps in (7, 12, 3):
-        model(ids, steps).logits.sum().backward()
+        model(ids, steps, labels=ids).loss.backward()
     assert after_first > 0 and compiles == after_first
     # Truncated backprop adds the no-grad variant once, then reuses it for any split.
     model(ids, (5, 2)).logits.sum().backward()
     model(ids, (9, 3)).logits.sum().backward()
     assert compiles == after_first + 1
-    torch.testing.assert_close(compiled, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.logits, reference.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.loss, reference.loss, rtol=1e-5, atol=1e-6)
+    # Cached decoding runs eagerly and still matches a full pass.
+    with torch.no_grad():
+        prefix = model(ids[:, :6], 4, use_cache=True)
+        step = model(ids[:, 6:], 4, past_key_values=prefix.past_key_values, use_cache=True)
+        torch.testing.assert_close(step.logits, model(ids, 4).logits[:, 6:], rtol=1e-4,
+                                   atol=1e-5)
     torch._dynamo.reset()

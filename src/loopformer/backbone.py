@@ -8,9 +8,7 @@ from torch import nn
 from .cache import KVCache
 from .config import ModelConfig
 from .core import CoreOutput, FixedDepthCore, RecurrentCore
-from .layers import BLOCKS, AttentionContext, RMSNorm, RotaryEmbedding, make_block
-
-BLOCK_TYPES = tuple(BLOCKS.values())
+from .layers import AttentionContext, RMSNorm, RotaryEmbedding, make_block
 
 
 class Backbone(nn.Module):
@@ -23,13 +21,17 @@ class Backbone(nn.Module):
         self.core = RecurrentCore(cfg) if cfg.core == "recurrent" else FixedDepthCore(cfg)
         self.coda = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_coda))
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self._compiled: dict = {}  # filled by compile_regions()
 
-    def compile_blocks(self, **options) -> None:
-        """torch.compile every block in place (options go to torch.compile). The loop stays
-        in Python, so a new number of steps reuses the compiled blocks."""
-        for block in [*self.prelude, *self.core.modules(), *self.coda]:
-            if isinstance(block, BLOCK_TYPES):
-                block.compile(**options)
+    def compile_regions(self, **options) -> None:
+        """torch.compile the repeated regions in place (options go to torch.compile): the
+        prelude, one core step (injection + shared blocks + renormalisation) and the coda with
+        the final norm. The loop over steps stays in Python, so a new number of steps reuses
+        the compiled code. Calls with a KV cache run eagerly: their per-slot bookkeeping is
+        Python."""
+        self._compiled = {"encode": torch.compile(self._encode, **options),
+                          "decode": torch.compile(self._decode, **options)}
+        self.core.compile_update(**options)
 
     def context(self, batch: int, length: int, device: torch.device,
                 attention_mask: torch.Tensor | None = None,
@@ -41,12 +43,22 @@ class Backbone(nn.Module):
 
     def encode(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """The prelude: embeddings -> e, the input injected into every core step."""
+        return self._region("encode", ctx)(x, ctx)
+
+    def decode(self, state: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """The coda and final norm: a core state -> features for the task readout."""
+        return self._region("decode", ctx)(state, ctx)
+
+    def _region(self, name: str, ctx: AttentionContext):
+        compiled = self._compiled.get(name) if ctx.cache is None else None
+        return compiled or getattr(self, "_" + name)
+
+    def _encode(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         for i, block in enumerate(self.prelude):
             x = block(x, ctx, ("prelude", i))
         return x
 
-    def decode(self, state: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        """The coda and final norm: a core state -> features for the task readout."""
+    def _decode(self, state: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         for i, block in enumerate(self.coda):
             state = block(state, ctx, ("coda", i))
         return self.final_norm(state)

@@ -48,7 +48,7 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
           train_depth: tuple[int, int] | None = None,
           baseline: Literal["none", "param", "compute"] = "none",
           halting: Literal["none", "act"] = "none", curriculum: bool | None = None,
-          bf16: bool = False,
+          bf16: bool = False, compile: bool = False,
           threads: int | None = None, progress: bool = True) -> None:
     """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
 
@@ -69,6 +69,7 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
         halting: act adds a learned halting unit (ACT) with its ponder cost.
         curriculum: raise the training complexity once the hardest level is solved.
         bf16: bf16 autocast.
+        compile: torch.compile the repeated regions (one core step, prelude, coda).
         threads: torch CPU threads.
         progress: show a progress bar.
     """
@@ -94,6 +95,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
             changes["curriculum"] = curriculum
         if bf16:
             changes["bf16"] = True
+        if compile:
+            changes["compile"] = True
         if train_depth is not None:  # a fixed training depth when both numbers agree
             low, high = train_depth
             changes.update(depth="fixed" if low == high else "uniform", depth_low=low,

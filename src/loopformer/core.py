@@ -211,19 +211,28 @@ class RecurrentCore(nn.Module):
         renormalise = cfg.norm == "pre" and cfg.injection != "lti"
         self.out_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if renormalise else nn.Identity()
         self.halting = HaltingUnit(cfg) if cfg.halting == "act" else None
+        self._compiled_update = None  # set by compile_update()
 
-    def run_blocks(self, x: torch.Tensor, ctx: AttentionContext, step: int) -> torch.Tensor:
-        # The slot names a cache entry; without a cache the blocks see no step index, so a
-        # compiled block is the same graph at every step and never recompiles.
-        cached = ctx.cache is not None
-        for i, block in enumerate(self.blocks):
-            x = block(x, ctx, ("core", step, i) if cached else None)
-        return self.out_norm(x)
+    def compile_update(self, **options) -> None:
+        """torch.compile one uncached state update (see Backbone.compile_regions)."""
+        self._compiled_update = torch.compile(self._update, **options)
 
     def step(self, s: torch.Tensor, injected: torch.Tensor, t: int, ctx: AttentionContext):
-        """One step; `injected` = self.injection.prepare(e)."""
-        return self.injection(s, injected, self.step_embedding(t, s),
-                              lambda x: self.run_blocks(x, ctx, t))
+        """s_{t+1} from s_t; `injected` = self.injection.prepare(e)."""
+        p = self.step_embedding(t, s)
+        if ctx.cache is None and self._compiled_update is not None:
+            # The compiled update never sees t, so every step reuses one graph.
+            return self._compiled_update(s, injected, p, ctx)
+        return self._update(s, injected, p, ctx, t)
+
+    def _update(self, s, injected, p, ctx: AttentionContext, t: int | None = None):
+        # t names the KV-cache slots ("core", t, i); it is unused without a cache.
+        return self.injection(s, injected, p, lambda x: self._run_blocks(x, ctx, t))
+
+    def _run_blocks(self, x: torch.Tensor, ctx: AttentionContext, t: int | None):
+        for i, block in enumerate(self.blocks):
+            x = block(x, ctx, ("core", t, i))
+        return self.out_norm(x)
 
     def forward(self, e: torch.Tensor, ctx: AttentionContext, num_steps, *,
                 generator: torch.Generator | None = None, collect_states: bool = False,
@@ -316,6 +325,10 @@ class FixedDepthCore(nn.Module):
         return CoreOutput(state=s, steps=len(self.layers), states=[s] if collect_states else None,
                           token_steps=torch.full_like(ctx.token_mask, len(self.layers),
                                                       dtype=torch.long))
+
+    def compile_update(self, **options) -> None:
+        for layer in self.layers:
+            layer.compile_update(**options)
 
     def spectral_radius(self) -> float | None:
         return None

@@ -27,10 +27,13 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Real cos/sin tables, always kept in fp32.
+    """RoPE tables over the full head dimension, always kept in fp32.
 
-    `model.to(torch.bfloat16)` casts every floating buffer; `_apply` rebuilds the tables in fp32
-    afterwards, so positions stay exact after a round trip through any dtype.
+    Rotating the pair (x1, x2) by an angle a is x * [cos a, cos a] + [x2, x1] * [-sin a, sin a]
+    on the two halves of the head: the tables hold the signs, so applying it is two multiplies,
+    one add and one concatenation. `model.to(torch.bfloat16)` casts every floating buffer;
+    `_apply` rebuilds the tables in fp32 afterwards, so positions stay exact after a round
+    trip through any dtype.
     """
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10000.0):
@@ -45,7 +48,9 @@ class RotaryEmbedding(nn.Module):
         inv_freq = self.theta ** (-torch.arange(half, dtype=torch.float64, device="cpu") / half)
         positions = torch.arange(self.max_seq_len, dtype=torch.float64, device="cpu")
         angles = positions[:, None] * inv_freq[None]
-        return (angles.cos().float().to(device), angles.sin().float().to(device))
+        cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
+        sin = torch.cat((-angles.sin(), angles.sin()), dim=-1)
+        return cos.float().to(device), sin.float().to(device)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -53,14 +58,16 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (B, T) long -> cos, sin (B, 1, T, head_dim/2) in fp32."""
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        """positions (B, T) long -> cos, sin (B, T, 1, head_dim) in fp32, to broadcast over
+        the heads of a (B, T, heads, head_dim) tensor."""
+        return self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+    """Rotate x (B, T, heads, head_dim) by the tables of RotaryEmbedding.forward."""
+    first, second = x.chunk(2, dim=-1)
+    swapped = torch.cat((second, first), dim=-1)
+    return (x * cos + swapped * sin).to(x.dtype)
 
 
 @dataclass
@@ -70,7 +77,7 @@ class AttentionContext:
     Built once per call so the recurrent loop does no mask or table work per step.
     """
 
-    cos: torch.Tensor | None  # (B, 1, T, head_dim/2) fp32; None when the model has no RoPE
+    cos: torch.Tensor | None  # (B, T, 1, head_dim) fp32; None when the model has no RoPE
     sin: torch.Tensor | None
     mask: torch.Tensor | None  # bool (B, 1, T, T_keys), True = may attend; None = see is_causal
     is_causal: bool
@@ -90,14 +97,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, slot: Hashable | None = None):
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
-             self.n_kv_heads * self.head_dim], dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if ctx.cos is not None:
-            q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        H, H_kv = self.n_heads, self.n_kv_heads
+        # split (not slicing) so that backward joins the gradients with one cat instead of
+        # zero-filling a full-size tensor per slice.
+        qk, v = self.qkv(x).view(B, T, H + 2 * H_kv, self.head_dim).split([H + H_kv, H_kv], 2)
+        if ctx.cos is not None:  # queries and keys rotated together: one set of ops
+            qk = apply_rope(qk, ctx.cos, ctx.sin)
+        q, k = (t.transpose(1, 2) for t in qk.split([H, H_kv], dim=2))
+        v = v.transpose(1, 2)
         if ctx.cache is not None and slot is not None:
             k, v = ctx.cache.update(slot, k, v)
         gqa = {}

@@ -47,7 +47,14 @@ class LoopLM(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.backbone = Backbone(cfg)
+        self._loss_fn = next_token_loss
         init_weights(self, cfg.init_std)
+
+    def compile_regions(self, **options) -> None:
+        """torch.compile the backbone's repeated regions (Backbone.compile_regions) and the
+        loss, whose log-softmax and gradient then fuse into one pass over the logits."""
+        self.backbone.compile_regions(**options)
+        self._loss_fn = torch.compile(next_token_loss, **options)
 
     @property
     def core(self):
@@ -114,8 +121,7 @@ class LoopLM(nn.Module):
             cache.commit(ctx.token_mask, ctx.positions)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                   labels[:, 1:].flatten().long(), ignore_index=-100)
+            loss = self._loss_fn(logits, labels)
         return LoopLMOutput(logits=logits, loss=loss,
                             past_key_values=cache if use_cache else None,
                             steps=core_out.token_steps, state=core_out.state,
@@ -235,6 +241,14 @@ class LoopLM(nn.Module):
             draft.truncate(min(draft.seq_len, len(tokens) - 1))
         stats["acceptance_rate"] = stats["accepted"] / max(stats["drafted"], 1)
         return torch.tensor([tokens], device=input_ids.device), stats
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting labels[:, t + 1] from logits[:, t]; -100 is ignored."""
+    # Shift the labels, not the logits: slicing the logits would copy them and give their
+    # gradient a full-size zero fill in backward.
+    targets = F.pad(labels[:, 1:].long(), (0, 1), value=-100)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 
 def pick_next_token(logits: torch.Tensor, do_sample: bool, temperature: float,

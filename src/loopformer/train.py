@@ -54,6 +54,8 @@ class TrainConfig:
     curriculum: bool = False
     curriculum_threshold: float = 0.95
     bf16: bool = False
+    compile: bool = False
+    """torch.compile the model's repeated regions (Backbone.compile_regions)."""
     eval_every: int = 250
     eval_examples: int = 256
     eval_steps: int | None = None
@@ -115,6 +117,8 @@ class Trainer:
         self.task: Task = make_task(cfg.task, **cfg.task_options)
         torch.manual_seed(cfg.seed)
         self.model = build_task_model(self.task, model_cfg)
+        if cfg.compile:
+            self.model.backbone.compile_regions()
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
