@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from loopformer import LoopLM, ModelConfig
+from loopformer.flops import count_flops
 from loopformer.memory import saved_tensor_bytes
 
-from .common import measure, print_table
+from .common import print_table
 
 # The reference config of the performance issue.
 REFERENCE = ModelConfig(vocab_size=4096, d_model=256, n_heads=8, n_kv_heads=2, n_prelude=1,
@@ -78,11 +78,11 @@ def train_step_fn(model: LoopLM, ids: torch.Tensor, num_steps, bf16: bool = Fals
     return step
 
 
-def count_flops(model: LoopLM, ids: torch.Tensor, num_steps) -> int:
-    with FlopCounterMode(display=False) as counter:
-        model(ids, num_steps, labels=ids).loss.backward()
+def step_flops(model: LoopLM, ids: torch.Tensor, num_steps) -> dict[str, int]:
+    """FLOPs of one forward + backward by op (loopformer.flops: attention included)."""
+    counts = count_flops(lambda: model(ids, num_steps, labels=ids).loss.backward())
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    return counts
 
 
 def training_row(name: str, cfg: ModelConfig, num_steps, repeats: int, peak: MatmulPeak,
@@ -90,7 +90,8 @@ def training_row(name: str, cfg: ModelConfig, num_steps, repeats: int, peak: Mat
     torch.manual_seed(0)
     model = LoopLM(cfg)
     ids = batch_ids(cfg)
-    flops = count_flops(model, ids, num_steps)
+    counts = step_flops(model, ids, num_steps)
+    flops = counts["total"]
     step = train_step_fn(model, ids, num_steps, bf16)
     extra = {}
     if compile_regions:
@@ -113,6 +114,7 @@ def training_row(name: str, cfg: ModelConfig, num_steps, repeats: int, peak: Mat
     return {"benchmark": name, **extra, "median ms": 1e3 * t,
             "spread ms": f"{1e3 * min(times):.0f}-{1e3 * max(times):.0f}",
             "tokens/s": ids.numel() / t, "GFLOP/step": flops / 1e9,
+            "attention GFLOP": (flops - counts.get("aten.mm", 0)) / 1e9,
             "GFLOP/s": flops / t / 1e9, "% of peak": 100 * statistics.median(fractions),
             "% spread": f"{100 * min(fractions):.0f}-{100 * max(fractions):.0f}"}
 
@@ -150,34 +152,50 @@ def memory_row(name: str, cfg: ModelConfig, num_steps) -> dict:
 
 @torch.no_grad()
 def decode_rows(cfg: ModelConfig, context: int, new: int, repeats: int) -> list[dict]:
+    """Prefill, cached decoding and decoding by recomputing the prefix, timed in turns: the
+    speed-up is the median of each round's ratio, so drifts of the machine's speed cancel."""
     torch.manual_seed(0)
     model = LoopLM(cfg).eval()
     prompt = batch_ids(cfg, 1, context)
-    prefill = measure(lambda: model(prompt, STEPS, use_cache=True), repeats=repeats)
-    decode_times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        out = model(prompt, STEPS, use_cache=True)
+
+    def prefill():
+        return model(prompt, STEPS, use_cache=True)
+
+    def cached():
+        out = prefill()
         start = time.perf_counter()
         for _ in range(new):
             token = out.logits[:, -1:].argmax(-1)
             out = model(token, STEPS, past_key_values=out.past_key_values, use_cache=True)
-        decode_times.append((time.perf_counter() - start) / new)
-    decode_cached = statistics.median(decode_times[1:])
+        return (time.perf_counter() - start) / new
 
     def recompute():
-        ids = prompt
+        ids, start = prompt, time.perf_counter()
         for _ in range(new):
             ids = torch.cat((ids, model(ids, STEPS).logits[:, -1:].argmax(-1)), dim=1)
+        return (time.perf_counter() - start) / new
 
-    uncached = measure(recompute, repeats=repeats)
-    return [
-        {"benchmark": f"prefill {context} tokens", "median ms": 1e3 * prefill["median_s"],
-         "tokens/s": context / prefill["median_s"]},
-        {"benchmark": f"decode with cache ({context} context)", "median ms": 1e3 * decode_cached,
-         "tokens/s": 1 / decode_cached},
-        {"benchmark": f"decode recomputing the prefix ({context} context)",
-         "median ms": 1e3 * uncached["median_s"] / new, "tokens/s": new / uncached["median_s"]},
-    ]
+    cached(), recompute()  # warm-up
+    prefill_times, cached_times, recompute_times = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        prefill()
+        prefill_times.append(time.perf_counter() - start)
+        cached_times.append(cached())
+        recompute_times.append(recompute())
+    speedups = [r / c for r, c in zip(recompute_times, cached_times)]
+    rows = []
+    for name, times, tokens in [(f"prefill {context} tokens", prefill_times, context),
+                                (f"decode with cache ({context} context)", cached_times, 1),
+                                (f"decode recomputing the prefix ({context} context)",
+                                 recompute_times, 1)]:
+        t = statistics.median(times)
+        rows.append({"benchmark": name, "median ms": 1e3 * t,
+                     "spread ms": f"{1e3 * min(times):.1f}-{1e3 * max(times):.1f}",
+                     "tokens/s": tokens / t})
+    rows[2]["cache speed-up"] = statistics.median(speedups)
+    rows[2]["speed-up spread"] = f"{min(speedups):.1f}-{max(speedups):.1f}"
+    return rows
 
 
 def main() -> None:
@@ -217,7 +235,7 @@ def main() -> None:
           f"{peak_stats['samples']} samples); % of peak: each step against the mean of the "
           "peak samples taken just before and after it (median, spread)")
     print_table(train_rows, ["benchmark", "median ms", "spread ms", "tokens/s", "GFLOP/step",
-                             "GFLOP/s", "% of peak", "% spread", "overhead", "vs fp32",
+                             "attention GFLOP", "GFLOP/s", "% of peak", "% spread", "overhead", "vs fp32",
                              "compile s"])
 
     mem_rows = [memory_row("8 steps", REFERENCE, 8),
@@ -229,10 +247,10 @@ def main() -> None:
     print("\ntraining memory (activations saved for backward; peak RSS growth of a fresh process)")
     print_table(mem_rows, ["benchmark", "activations MB", "vs 8 steps", "peak RSS growth MB"])
 
-    dec_rows = decode_rows(REFERENCE, 256, 32, max(1, args.repeats // 2))
-    dec_rows[2]["cache speed-up"] = dec_rows[1]["tokens/s"] / dec_rows[2]["tokens/s"]
-    print(f"\ninference at {STEPS} steps, batch 1")
-    print_table(dec_rows, ["benchmark", "median ms", "tokens/s", "cache speed-up"])
+    dec_rows = decode_rows(REFERENCE, 256, 32, args.repeats)
+    print(f"\ninference at {STEPS} steps, batch 1; 32 new tokens per round, rounds in turns")
+    print_table(dec_rows, ["benchmark", "median ms", "spread ms", "tokens/s", "cache speed-up",
+                           "speed-up spread"])
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"matmul_peak_flops": peak_stats, "torch": torch.__version__,

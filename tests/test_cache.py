@@ -129,3 +129,16 @@ def test_empty_cache_object_can_be_passed_in():
     ids = torch.randint(0, 64, (1, 6))
     out = model(ids, 2, past_key_values=KVCache(), use_cache=True)
     torch.testing.assert_close(out.logits, model(ids, 2).logits, rtol=0, atol=1e-6)
+
+
+def test_cache_buffers_grow_geometrically_not_per_token():
+    model = tiny_model()
+    out = model(torch.randint(0, 64, (1, 4)), 2, use_cache=True)
+    cache = out.past_key_values
+    prefill_bytes = cache.num_bytes()
+    sizes = []
+    for _ in range(8):  # 4 -> 12 tokens: the buffers double to 8, then to 16
+        out = model(torch.randint(0, 64, (1, 1)), 2, past_key_values=cache, use_cache=True)
+        sizes.append(cache.num_bytes())
+    assert sizes == [2 * prefill_bytes] * 4 + [4 * prefill_bytes] * 4
+    assert all(k.shape[2] == 12 for k, _ in cache.layers.values())

@@ -184,3 +184,12 @@ def test_bf16_autocast_training_runs(tmp_path):
     losses = [json.loads(line)["loss"] for line in lines]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master
+
+
+def test_compile_option_compiles_the_repeated_regions(tmp_path):
+    plain = Trainer(SMALL_GRAPH, small_config(), tmp_path / "a", progress=False)
+    compiled = Trainer(SMALL_GRAPH, small_config(compile=True), tmp_path / "b", progress=False)
+    assert not plain.model.backbone._compiled and plain.model.backbone.core._compiled_update is None
+    # torch.compile is lazy: nothing compiles until the first update.
+    assert set(compiled.model.backbone._compiled) == {"encode", "decode"}
+    assert compiled.model.backbone.core._compiled_update is not None

@@ -27,6 +27,12 @@ MODES = ("exact", "latest")
 
 
 class KVCache:
+    """Keys and values per slot in preallocated buffers (B, kv_heads, capacity, head_dim).
+
+    A decoding step writes its entries in place and attends to a view of the filled part, so
+    it allocates nothing per step; a full buffer doubles its capacity (amortised O(1)).
+    """
+
     def __init__(self, mode: str = "exact", core_slots: int | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"KVCache mode must be one of {MODES}, got {mode!r}")
@@ -34,7 +40,8 @@ class KVCache:
             raise ValueError(f"core_slots must be >= 1 or None, got {core_slots}")
         self.mode, self.core_slots = mode, core_slots
         self.fill_forward = mode == "latest" or core_slots is not None
-        self.layers: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._buffers: dict[Hashable, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lengths: dict[Hashable, int] = {}  # filled entries per slot
         self.key_mask: torch.Tensor | None = None  # (B, past_len) bool, True = real token
         self.positions: torch.Tensor | None = None  # (B, past_len) RoPE positions
         self._deepest: dict[int, Hashable] = {}  # core layer -> last slot written this call
@@ -47,57 +54,79 @@ class KVCache:
     def next_position(self) -> torch.Tensor:
         return self.positions[:, -1] + 1
 
+    @property
+    def layers(self) -> dict[Hashable, tuple[torch.Tensor, torch.Tensor]]:
+        """Every slot's filled keys and values (B, kv_heads, length, head_dim), as views."""
+        return {slot: self._entries(slot, length) for slot, length in self._lengths.items()}
+
+    def _entries(self, slot: Hashable, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self._buffers[slot]
+        return k[:, :, :length], v[:, :, :length]
+
     def _slot(self, key: Hashable) -> Hashable:
         if self.core_slots is not None and key[0] == "core":
             return ("core", key[1] % self.core_slots, key[2])
         return key
 
-    def _latest_below(self, key: Hashable):
-        """Past entries for a core slot no earlier token reached: the deepest one below it."""
+    def _write(self, slot: Hashable, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write entries at [start, start + k.shape[2]), growing the slot's buffers if full."""
+        end = start + k.shape[2]
+        stored = self._buffers.get(slot)
+        if stored is None or stored[0].shape[2] < end:
+            capacity = end if stored is None else max(end, 2 * stored[0].shape[2])
+            shape = (*k.shape[:2], capacity, k.shape[3])
+            grown = (k.new_empty(shape), v.new_empty(shape))
+            if stored is not None:  # keep what the slot held before `start`
+                for new, old in zip(grown, stored):
+                    new[:, :, :start] = old[:, :, :start]
+            self._buffers[slot] = stored = grown
+        stored[0][:, :, start:end] = k
+        stored[1][:, :, start:end] = v
+        self._lengths[slot] = end
+
+    def _latest_below(self, key: Hashable) -> Hashable | None:
+        """The slot holding past entries for a core slot no earlier token reached: the deepest
+        one below it."""
         _, step, layer = key
         for below in range(step - 1, -1, -1):
-            stored = self.layers.get(self._slot(("core", below, layer)))
-            if stored is not None and stored[0].shape[2] >= self.seq_len:
-                return stored[0][:, :, :self.seq_len], stored[1][:, :, :self.seq_len]
+            slot = self._slot(("core", below, layer))
+            if self._lengths.get(slot, 0) >= self.seq_len:
+                return slot
         return None
 
     def update(self, key: Hashable, k: torch.Tensor, v: torch.Tensor):
         """Add this call's k, v (B, H, T, D) to a slot; return the slot's full keys, values."""
         slot, past_len = self._slot(key), self.seq_len
-        stored = self.layers.get(slot)
-        past = None
-        if stored is not None:
-            length = stored[0].shape[2]
-            if length == past_len + k.shape[2] or length == past_len:
-                past = (stored[0][:, :, :past_len], stored[1][:, :, :past_len])
-            else:
+        length = self._lengths.get(slot)
+        if length is not None:
+            # A slot written earlier in this call (compression, or the coda probed at every
+            # step) has its new entries replaced, never appended twice.
+            if length not in (past_len, past_len + k.shape[2]):
                 raise ValueError(
                     f"the KV cache entry for layer {slot} is stale (it was skipped by a call with "
                     "fewer steps): decode with the same num_steps that filled the cache, or use "
                     "KVCache(mode='latest')")
         elif past_len:
-            past = self._latest_below(key) if self.fill_forward and key[0] == "core" else None
-            if past is None:
+            source = self._latest_below(key) if self.fill_forward and key[0] == "core" else None
+            if source is None:
                 raise ValueError(
                     f"the KV cache has no entry for layer {slot} although it holds {past_len} "
                     "past tokens: decode with the same num_steps that filled the cache, or use "
                     "KVCache(mode='latest') for adaptive depth")
-        full = (k, v) if past is None or past_len == 0 else (
-            torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2))
-        self.layers[slot] = full
+            self._write(slot, 0, *self._entries(source, past_len))
+        self._write(slot, past_len, k, v)
         if key[0] == "core":
             self._deepest[key[2]] = slot
-        return full
+        return self._entries(slot, past_len + k.shape[2])
 
     def commit(self, new_mask: torch.Tensor, new_positions: torch.Tensor) -> None:
         """Record this call's tokens once every layer has added them."""
-        n_new = new_mask.shape[1]
+        past_len, n_new = self.seq_len, new_mask.shape[1]
         if self.fill_forward:  # core slots this call did not reach get its deepest entries
-            for slot, (k, v) in list(self.layers.items()):
-                if slot[0] == "core" and k.shape[2] == self.seq_len:
-                    dk, dv = self.layers[self._deepest[slot[2]]]
-                    self.layers[slot] = (torch.cat((k, dk[:, :, -n_new:]), dim=2),
-                                         torch.cat((v, dv[:, :, -n_new:]), dim=2))
+            for slot, length in list(self._lengths.items()):
+                if slot[0] == "core" and length == past_len:
+                    deep_k, deep_v = self._entries(self._deepest[slot[2]], past_len + n_new)
+                    self._write(slot, past_len, deep_k[:, :, past_len:], deep_v[:, :, past_len:])
         self._deepest.clear()
         cat = lambda old, new: new if old is None else torch.cat((old, new), dim=1)
         self.key_mask = cat(self.key_mask, new_mask)
@@ -107,13 +136,13 @@ class KVCache:
         """Forget every token after the first `length` (speculative decoding's rollback)."""
         if not 0 <= length <= self.seq_len:
             raise ValueError(f"cannot truncate a cache of {self.seq_len} tokens to {length}")
-        self.layers = {s: (k[:, :, :length], v[:, :, :length]) for s, (k, v) in
-                       self.layers.items()}
+        self._lengths = {slot: min(n, length) for slot, n in self._lengths.items()}
         self.key_mask = self.key_mask[:, :length]
         self.positions = self.positions[:, :length]
 
     def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for kv in self.layers.values() for t in kv)
+        """Memory held by the buffers, including the headroom of their geometric growth."""
+        return sum(t.numel() * t.element_size() for kv in self._buffers.values() for t in kv)
 
     def __len__(self) -> int:
-        return len(self.layers)
+        return len(self._buffers)
