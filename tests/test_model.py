@@ -232,3 +232,14 @@ def test_compiled_regions_do_not_recompile_for_a_new_number_of_steps():
         torch.testing.assert_close(step.logits, model(ids, 4).logits[:, 6:], rtol=1e-4,
                                    atol=1e-5)
     torch._dynamo.reset()
+
+
+def test_rms_norm_keeps_float64_and_has_correct_gradients():
+    from loopformer.layers import RMSNorm
+
+    norm = RMSNorm(8).double()
+    norm.weight.data.normal_()
+    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+    torch.testing.assert_close(norm(x), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, w: norm(x), (x, norm.weight))

@@ -21,9 +21,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # One fused kernel (4x faster than the five-op form on CPU), computed in fp32 so bf16
-        # activations do not lose the mean-square.
-        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
+        # Computed in (at least) fp32, so bf16 activations do not lose the mean-square.
+        compute = torch.promote_types(x.dtype, torch.float32)
+        return F.rms_norm(x.to(compute), self.weight.shape, self.weight.to(compute),
+                          self.eps).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
