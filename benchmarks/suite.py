@@ -15,6 +15,7 @@ import multiprocessing
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,38 +86,65 @@ def step_flops(model: LoopLM, ids: torch.Tensor, num_steps) -> dict[str, int]:
     return counts
 
 
-def training_row(name: str, cfg: ModelConfig, num_steps, repeats: int, peak: MatmulPeak,
-                 bf16: bool = False, compile_regions: bool = False) -> dict:
-    torch.manual_seed(0)
-    model = LoopLM(cfg)
-    ids = batch_ids(cfg)
-    counts = step_flops(model, ids, num_steps)
-    flops = counts["total"]
-    step = train_step_fn(model, ids, num_steps, bf16)
-    extra = {}
-    if compile_regions:
-        model.compile_regions()
-        start = time.perf_counter()
-        step()  # the first call compiles
-        extra["compile s"] = time.perf_counter() - start
-    for _ in range(2):  # warm-up
+@dataclass
+class TrainingCase:
+    name: str
+    cfg: ModelConfig
+    bf16: bool = False
+    compile_regions: bool = False
+
+
+def training_rows(cases: list[TrainingCase], repeats: int, peak: MatmulPeak) -> list[dict]:
+    """Time every case's training step in turns (one step of each per round), each step
+    between two peak samples. A case's "% of peak" is the median of its steps' fractions;
+    ratios between cases ("overhead", "vs fp32") are medians of the per-round ratios, so the
+    machine's drifts cancel out of them."""
+    ids = batch_ids(cases[0].cfg)
+    steps, flops, extras = [], [], []
+    for case in cases:
+        torch.manual_seed(0)
+        model = LoopLM(case.cfg)
+        counts = step_flops(model, ids, STEPS)
+        flops.append(counts)
+        steps.append(train_step_fn(model, ids, STEPS, case.bf16))
+        extra = {}
+        if case.compile_regions:
+            model.compile_regions()
+            start = time.perf_counter()
+            steps[-1]()  # the first call compiles
+            extra["compile s"] = time.perf_counter() - start
+        extras.append(extra)
+    for step in steps * 2:  # warm-up
         step()
-    times, fractions = [], []
+    times = [[] for _ in cases]
+    fractions = [[] for _ in cases]
     before = peak.rate()
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-        after = peak.rate()
-        fractions.append(flops / times[-1] / ((before + after) / 2))
-        before = after
-    t = statistics.median(times)
-    return {"benchmark": name, **extra, "median ms": 1e3 * t,
-            "spread ms": f"{1e3 * min(times):.0f}-{1e3 * max(times):.0f}",
-            "tokens/s": ids.numel() / t, "GFLOP/step": flops / 1e9,
-            "attention GFLOP": (flops - counts.get("aten.mm", 0)) / 1e9,
-            "GFLOP/s": flops / t / 1e9, "% of peak": 100 * statistics.median(fractions),
-            "% spread": f"{100 * min(fractions):.0f}-{100 * max(fractions):.0f}"}
+        for i, step in enumerate(steps):
+            start = time.perf_counter()
+            step()
+            times[i].append(time.perf_counter() - start)
+            after = peak.rate()
+            fractions[i].append(flops[i]["total"] / times[i][-1] / ((before + after) / 2))
+            before = after
+    rows = []
+    for case, counts, extra, t_list, f_list in zip(cases, flops, extras, times, fractions):
+        t = statistics.median(t_list)
+        rows.append({"benchmark": case.name, **extra, "median ms": 1e3 * t,
+                     "spread ms": f"{1e3 * min(t_list):.0f}-{1e3 * max(t_list):.0f}",
+                     "tokens/s": ids.numel() / t, "GFLOP/step": counts["total"] / 1e9,
+                     "attention GFLOP": (counts["total"] - counts.get("aten.mm", 0)) / 1e9,
+                     "GFLOP/s": counts["total"] / t / 1e9,
+                     "% of peak": 100 * statistics.median(f_list),
+                     "% spread": f"{100 * min(f_list):.0f}-{100 * max(f_list):.0f}",
+                     "_times": t_list})
+    return rows
+
+
+def pairwise_ratio(numerator: dict, denominator: dict) -> float:
+    """Median over rounds of numerator time / denominator time."""
+    pairs = zip(numerator["_times"], denominator["_times"])
+    return statistics.median(a / b for a, b in pairs)
 
 
 def _status_kb(field: str) -> int:
@@ -186,7 +214,8 @@ def decode_rows(cfg: ModelConfig, context: int, new: int, repeats: int) -> list[
     speedups = [r / c for r, c in zip(recompute_times, cached_times)]
     rows = []
     for name, times, tokens in [(f"prefill {context} tokens", prefill_times, context),
-                                (f"decode with cache ({context} context)", cached_times, 1),
+                                (f"decode with cache ({context} context)", cached_times,
+                                 1),
                                 (f"decode recomputing the prefix ({context} context)",
                                  recompute_times, 1)]:
         t = statistics.median(times)
@@ -213,30 +242,32 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}; fp32 matmul peak sampled next to "
           f"every training step ({PEAK_SIZE}^3)")
 
-    ref = training_row(f"train reference ({STEPS} steps, fp32)", REFERENCE, STEPS,
-                       args.repeats, peak)
-    untied = training_row("train untied transformer, same depth/FLOPs",
-                          REFERENCE.replace(core="fixed", fixed_depth=STEPS), STEPS,
-                          args.repeats, peak)
-    untied["overhead"] = ref["median ms"] / untied["median ms"]
-    bf16 = training_row("train reference, bf16 autocast", REFERENCE, STEPS, args.repeats,
-                        peak, bf16=True)
-    bf16["vs fp32"] = ref["median ms"] / bf16["median ms"]
-    train_rows = [ref, untied, bf16]
+    cases = [TrainingCase(f"train reference ({STEPS} steps, fp32)", REFERENCE),
+             TrainingCase("train untied transformer, same depth/FLOPs",
+                          REFERENCE.replace(core="fixed", fixed_depth=STEPS)),
+             TrainingCase("train reference, bf16 autocast", REFERENCE, bf16=True)]
     if args.compile:
-        compiled = training_row("train reference, compile_regions()", REFERENCE, STEPS,
-                                args.repeats, peak, compile_regions=True)
-        compiled["vs fp32"] = ref["median ms"] / compiled["median ms"]
-        train_rows.append(compiled)
+        cases.append(TrainingCase("train reference, compile_regions()", REFERENCE,
+                                  compile_regions=True))
+    train_rows = training_rows(cases, args.repeats, peak)
+    ref = train_rows[0]
+    train_rows[1]["overhead"] = pairwise_ratio(ref, train_rows[1])
+    for row in train_rows[2:]:
+        row["vs fp32"] = pairwise_ratio(ref, row)
+    for row in train_rows:
+        del row["_times"]
     peak_stats = peak.summary()
-    print("\ntraining step: batch 8 x 128 tokens, d 256, 8 heads / 2 kv, 1/2/1 blocks; "
+    print("\ntraining step: batch 8 x 128 tokens, d 256, 8 heads / 2 kv, 1/2/1 blocks, steps "
+          "of all rows timed in turns; "
           f"fp32 matmul peak median {peak_stats['median'] / 1e9:.1f} GFLOP/s "
           f"({peak_stats['min'] / 1e9:.0f}-{peak_stats['max'] / 1e9:.0f}, "
           f"{peak_stats['samples']} samples); % of peak: each step against the mean of the "
-          "peak samples taken just before and after it (median, spread)")
+          "peak samples taken just before and after it (median, spread); overhead = looped / "
+          "untied step time, vs fp32 = fp32 / this row's step time (medians of per-round "
+          "ratios)")
     print_table(train_rows, ["benchmark", "median ms", "spread ms", "tokens/s", "GFLOP/step",
-                             "attention GFLOP", "GFLOP/s", "% of peak", "% spread", "overhead", "vs fp32",
-                             "compile s"])
+                             "attention GFLOP", "GFLOP/s", "% of peak", "% spread",
+                             "overhead", "vs fp32", "compile s"])
 
     mem_rows = [memory_row("8 steps", REFERENCE, 8),
                 memory_row("64 steps, truncated: backprop through last 8", REFERENCE, (56, 8)),
