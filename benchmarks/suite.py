@@ -179,11 +179,15 @@ def memory_row(name: str, cfg: ModelConfig, num_steps) -> dict:
 
 
 @torch.no_grad()
-def decode_rows(cfg: ModelConfig, context: int, new: int, repeats: int) -> list[dict]:
+def decode_rows(cfg: ModelConfig, context: int, new: int, repeats: int,
+                compile_regions: bool = False) -> list[dict]:
     """Prefill, cached decoding and decoding by recomputing the prefix, timed in turns: the
-    speed-up is the median of each round's ratio, so drifts of the machine's speed cancel."""
+    speed-up is the median of each round's ratio, so drifts of the machine's speed cancel.
+    compile_regions: the same with a compiled model (its warm-up round compiles)."""
     torch.manual_seed(0)
     model = LoopLM(cfg).eval()
+    if compile_regions:
+        model.compile_regions()
     prompt = batch_ids(cfg, 1, context)
 
     def prefill():
@@ -213,13 +217,13 @@ def decode_rows(cfg: ModelConfig, context: int, new: int, repeats: int) -> list[
         recompute_times.append(recompute())
     speedups = [r / c for r, c in zip(recompute_times, cached_times)]
     rows = []
+    suffix = ", compile_regions()" if compile_regions else ""
     for name, times, tokens in [(f"prefill {context} tokens", prefill_times, context),
-                                (f"decode with cache ({context} context)", cached_times,
-                                 1),
+                                (f"decode with cache ({context} context)", cached_times, 1),
                                 (f"decode recomputing the prefix ({context} context)",
                                  recompute_times, 1)]:
         t = statistics.median(times)
-        rows.append({"benchmark": name, "median ms": 1e3 * t,
+        rows.append({"benchmark": name + suffix, "median ms": 1e3 * t,
                      "spread ms": f"{1e3 * min(times):.1f}-{1e3 * max(times):.1f}",
                      "tokens/s": tokens / t})
     rows[2]["cache speed-up"] = statistics.median(speedups)
@@ -233,7 +237,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
     parser.add_argument("--compile", action="store_true",
-                        help="also time the reference step with compile_regions()")
+                        help="also time training and decoding with compile_regions()")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -279,6 +283,8 @@ def main() -> None:
     print_table(mem_rows, ["benchmark", "activations MB", "vs 8 steps", "peak RSS growth MB"])
 
     dec_rows = decode_rows(REFERENCE, 256, 32, args.repeats)
+    if args.compile:
+        dec_rows += decode_rows(REFERENCE, 256, 32, args.repeats, compile_regions=True)
     print(f"\ninference at {STEPS} steps, batch 1; 32 new tokens per round, rounds in turns")
     print_table(dec_rows, ["benchmark", "median ms", "spread ms", "tokens/s", "cache speed-up",
                            "speed-up spread"])

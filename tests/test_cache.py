@@ -142,3 +142,32 @@ def test_cache_buffers_grow_geometrically_not_per_token():
         sizes.append(cache.num_bytes())
     assert sizes == [2 * prefill_bytes] * 4 + [4 * prefill_bytes] * 4
     assert all(k.shape[2] == 12 for k, _ in cache.layers.values())
+
+
+def test_compiled_decoding_matches_eager_and_compiles_once_for_all_positions():
+    model = tiny_model()
+    ids = torch.randint(1, 64, (2, 6))
+    ids[0, :2] = 0
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :2] = 0  # left padding
+    reference = model.generate(ids, 8, 3, attention_mask=mask)
+    latest = model.generate(ids, 8, 3, attention_mask=mask, cache=KVCache(mode="latest"))
+    compiles = 0
+
+    def counting_backend(graph_module, example_inputs):
+        nonlocal compiles
+        compiles += 1
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    model.compile_regions(backend=counting_backend)
+    assert torch.equal(model.generate(ids, 8, 3, attention_mask=mask), reference)
+    first = compiles
+    assert first > 0
+    assert torch.equal(model.generate(ids, 5, 3, attention_mask=mask), reference[:, :11])
+    assert compiles == first  # new positions and cache capacities reuse the graph
+    # An adaptive-depth cache is not written through the compiled graph, and still works.
+    assert torch.equal(model.generate(ids, 8, 3, attention_mask=mask,
+                                      cache=KVCache(mode="latest")), latest)
+    assert compiles == first
+    torch._dynamo.reset()

@@ -68,21 +68,38 @@ class KVCache:
             return ("core", key[1] % self.core_slots, key[2])
         return key
 
-    def _write(self, slot: Hashable, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write entries at [start, start + k.shape[2]), growing the slot's buffers if full."""
-        end = start + k.shape[2]
+    def _reserve(self, slot: Hashable, end: int, like: tuple[torch.Tensor, torch.Tensor],
+                 keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The slot's buffers with room for `end` entries, keeping the first `keep`."""
         stored = self._buffers.get(slot)
         if stored is None or stored[0].shape[2] < end:
             capacity = end if stored is None else max(end, 2 * stored[0].shape[2])
-            shape = (*k.shape[:2], capacity, k.shape[3])
-            grown = (k.new_empty(shape), v.new_empty(shape))
-            if stored is not None:  # keep what the slot held before `start`
+            grown = tuple(t.new_empty((*t.shape[:2], capacity, t.shape[3])) for t in like)
+            if stored is not None:
                 for new, old in zip(grown, stored):
-                    new[:, :, :start] = old[:, :, :start]
+                    new[:, :, :keep] = old[:, :, :keep]
             self._buffers[slot] = stored = grown
-        stored[0][:, :, start:end] = k
-        stored[1][:, :, start:end] = v
+        return stored
+
+    def _write(self, slot: Hashable, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write entries at [start, start + k.shape[2]), growing the slot's buffers if full."""
+        end = start + k.shape[2]
+        write_entries(self._reserve(slot, end, (k, v), keep=start), start, k, v)
         self._lengths[slot] = end
+
+    def reserve(self, slots: list[Hashable], new_tokens: int) -> "SlotWriter | None":
+        """Room for `new_tokens` more entries in each of `slots`, marked as written, and a
+        SlotWriter that a compiled forward pass fills (see LoopLM.compile_regions). None when
+        the cache cannot be written that way: an adaptive-depth mode, no past tokens, or a
+        slot missing or stale; the eager path then handles (or explains) the call."""
+        past = self.seq_len
+        if self.fill_forward or not past or any(self._lengths.get(s) != past for s in slots):
+            return None
+        end = past + new_tokens
+        for slot in slots:
+            self._reserve(slot, end, self._buffers[slot], keep=past)
+            self._lengths[slot] = end
+        return SlotWriter({slot: self._buffers[slot] for slot in slots}, past)
 
     def _latest_below(self, key: Hashable) -> Hashable | None:
         """The slot holding past entries for a core slot no earlier token reached: the deepest
@@ -146,3 +163,25 @@ class KVCache:
 
     def __len__(self) -> int:
         return len(self._buffers)
+
+
+def write_entries(buffers: tuple[torch.Tensor, torch.Tensor], start: int, k: torch.Tensor,
+                  v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write k, v (B, H, T, D) into buffers at [start, start + T); return the filled views."""
+    k_buffer, v_buffer = buffers
+    end = start + k.shape[2]
+    k_buffer[:, :, start:end] = k
+    v_buffer[:, :, start:end] = v
+    return k_buffer[:, :, :end], v_buffer[:, :, :end]
+
+
+class SlotWriter:
+    """KVCache.update without the bookkeeping, for buffers KVCache.reserve prepared: every
+    slot is written at the same offset. Plain tensor code, so torch.compile traces it into the
+    decoding graph (`start` stays a symbolic int: no recompilation per token)."""
+
+    def __init__(self, buffers: dict[Hashable, tuple[torch.Tensor, torch.Tensor]], start: int):
+        self.buffers, self.start = buffers, start
+
+    def update(self, key: Hashable, k: torch.Tensor, v: torch.Tensor):
+        return write_entries(self.buffers[key], self.start, k, v)

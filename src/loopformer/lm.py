@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -9,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import Backbone
-from .cache import KVCache
+from .cache import KVCache, SlotWriter
 from .config import ModelConfig
-from .core import GatedInjection
+from .core import CoreOutput, GatedInjection, split_steps
 from .exits import DEFAULT_EXIT_ENTROPY, ExitRule
 from .halting import HaltingUnit
+from .layers import AttentionContext
 
 
 @dataclass
@@ -48,13 +50,18 @@ class LoopLM(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.backbone = Backbone(cfg)
         self._loss_fn = next_token_loss
+        self._compiled_cached = None  # set by compile_regions()
         init_weights(self, cfg.init_std)
 
     def compile_regions(self, **options) -> None:
-        """torch.compile the backbone's repeated regions (Backbone.compile_regions) and the
-        loss, whose log-softmax and gradient then fuse into one pass over the logits."""
+        """torch.compile (options go to it) the backbone's repeated regions
+        (Backbone.compile_regions); the loss, whose log-softmax and gradient then fuse into
+        one pass over the logits; and cached decoding, as one graph per call with symbolic
+        sequence lengths, compiled once per number of steps."""
         self.backbone.compile_regions(**options)
         self._loss_fn = torch.compile(next_token_loss, **options)
+        self._compiled_cached = torch.compile(self._cached_logits, **{"dynamic": True,
+                                                                      **options})
 
     @property
     def core(self):
@@ -110,13 +117,20 @@ class LoopLM(nn.Module):
 
         B, T = input_ids.shape
         ctx = self.backbone.context(B, T, input_ids.device, attention_mask, cache=cache)
-        probe = None
-        if exit_rule is not None and exit_rule.needs_logits:
-            probe = lambda state: self.head(self.backbone.decode(state, ctx))
-        features, core_out = self.backbone(self.embed(input_ids.long()), ctx, num_steps,
-                                           generator=generator, exit_rule=exit_rule,
-                                           probe=probe, initial_state=initial_state)
-        logits = self.head(features)
+        writer = self._slot_writer(cache, num_steps, T, exit_rule)
+        if writer is not None:  # the compiled decoding graph (see compile_regions)
+            logits, state, token_steps = self._compiled_cached(
+                input_ids, dataclasses.replace(ctx, cache=None), writer.buffers, writer.start,
+                num_steps, initial_state)
+            core_out = CoreOutput(state=state, steps=sum(split_steps(num_steps)),
+                                  token_steps=token_steps)
+        else:
+            probe = None
+            if exit_rule is not None and exit_rule.needs_logits:
+                probe = lambda state: self.head(self.backbone.decode(state, ctx))
+            logits, core_out = self._logits(input_ids, ctx, num_steps, generator=generator,
+                                            exit_rule=exit_rule, probe=probe,
+                                            initial_state=initial_state)
         if cache is not None:
             cache.commit(ctx.token_mask, ctx.positions)
         loss = None
@@ -129,6 +143,38 @@ class LoopLM(nn.Module):
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear(features, self.embed.weight)  # tied to the input embedding
+
+    def _logits(self, input_ids: torch.Tensor, ctx: AttentionContext, num_steps,
+                **core_options) -> tuple[torch.Tensor, CoreOutput]:
+        features, core_out = self.backbone(self.embed(input_ids.long()), ctx, num_steps,
+                                           **core_options)
+        return self.head(features), core_out
+
+    def _cached_logits(self, input_ids, ctx: AttentionContext, buffers: dict, start: int,
+                       num_steps, initial_state: torch.Tensor | None):
+        """One cached call writing through a SlotWriter: what compile_regions compiles for
+        decoding. The whole unrolled call is one graph, so a token costs a few hundred fused
+        kernels instead of ~1,100 eager ops."""
+        ctx = AttentionContext(ctx.cos, ctx.sin, ctx.mask, ctx.is_causal, ctx.positions,
+                               ctx.token_mask, SlotWriter(buffers, start))
+        logits, core_out = self._logits(input_ids, ctx, num_steps, initial_state=initial_state)
+        return logits, core_out.state, core_out.token_steps
+
+    def _slot_writer(self, cache: KVCache | None, num_steps, new_tokens: int,
+                     exit_rule: ExitRule | None) -> SlotWriter | None:
+        """Room in the cache for this call if it can run the compiled decoding graph: after
+        compile_regions(), in inference, with an exact cache that holds past tokens, and
+        without exit criteria, learned halting or a random initial state (data-dependent
+        stops and random draws stay eager)."""
+        if (self._compiled_cached is None or cache is None or exit_rule is not None
+                or torch.is_grad_enabled() or self.cfg.core != "recurrent"
+                or self.cfg.halting != "none" or self.cfg.state_init == "noise"):
+            return None
+        steps = sum(split_steps(num_steps))
+        slots = [("prelude", i) for i in range(self.cfg.n_prelude)]
+        slots += [("core", t, i) for t in range(steps) for i in range(self.cfg.n_core)]
+        slots += [("coda", i) for i in range(self.cfg.n_coda)]
+        return cache.reserve(slots, new_tokens)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 16, num_steps=None, *,
