@@ -68,7 +68,7 @@ def batch_ids(cfg: ModelConfig, batch=BATCH, seq=SEQ) -> torch.Tensor:
 
 
 def train_step_fn(model: LoopLM, ids: torch.Tensor, num_steps, bf16: bool = False):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the Trainer
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
