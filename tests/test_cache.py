@@ -170,4 +170,7 @@ def test_compiled_decoding_matches_eager_and_compiles_once_for_all_positions():
     assert torch.equal(model.generate(ids, 8, 3, attention_mask=mask,
                                       cache=KVCache(mode="latest")), latest)
     assert compiles == first
+    # Speculative decoding verifies several tokens per call and rolls the cache back.
+    speculative, _ = model.generate_speculative(ids[1:], 8, 3, draft_steps=1, draft_tokens=3)
+    assert torch.equal(speculative, reference[1:])
     torch._dynamo.reset()
