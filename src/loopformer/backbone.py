@@ -27,8 +27,8 @@ class Backbone(nn.Module):
         """torch.compile the repeated regions in place (options go to torch.compile): the
         prelude, one core step (injection + shared blocks + renormalisation) and the coda with
         the final norm. The loop over steps stays in Python, so a new number of steps reuses
-        the compiled code. Calls with a KV cache run eagerly: their per-slot bookkeeping is
-        Python."""
+        the compiled code. Calls with a KV cache take the eager regions (their per-slot
+        bookkeeping is Python); LoopLM.compile_regions compiles such calls whole."""
         self._compiled = {"encode": torch.compile(self._encode, **options),
                           "decode": torch.compile(self._decode, **options)}
         self.core.compile_update(**options)
