@@ -174,3 +174,14 @@ def test_compiled_decoding_matches_eager_and_compiles_once_for_all_positions():
     speculative, _ = model.generate_speculative(ids[1:], 8, 3, draft_steps=1, draft_tokens=3)
     assert torch.equal(speculative, reference[1:])
     torch._dynamo.reset()
+
+
+def test_compiled_decoding_matches_eager_for_every_injection(injection_setup):
+    # Sandwich blocks here; the default pre-norm blocks are covered above.
+    model = tiny_model(norm="sandwich", **injection_setup)
+    ids = torch.randint(0, 64, (1, 5))
+    reference = model.generate(ids, 4, 3, warm_start=True)
+    torch._dynamo.reset()
+    model.compile_regions(backend="eager")
+    assert torch.equal(model.generate(ids, 4, 3, warm_start=True), reference)
+    torch._dynamo.reset()
