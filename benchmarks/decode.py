@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from loopformer import KVCache, LoopLM, ModelConfig
-from loopformer.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
+from loopformer.files import write_json_atomic
+from loopformer.training.checkpoint import load_checkpoint, save_checkpoint
 
 from .common import measure, print_table
 
@@ -87,7 +88,7 @@ def main() -> None:
         start = time.perf_counter()
         train(model, data, args.train_updates)
         print(f"  trained in {time.perf_counter() - start:.0f}s")
-        save_checkpoint(args.out, args.train_updates, model, {"step": args.train_updates})
+        save_checkpoint(args.out, args.train_updates, model, {"update": args.train_updates})
     model.eval()
 
     held_out = data[int(0.95 * len(data)):]
@@ -154,7 +155,7 @@ def _recompute(model, prompt, n, r):
 def _cache_mb(model, prompt, n, r, slots) -> float:
     cache = KVCache(core_slots=slots)
     model.generate(prompt, n, r, cache=cache)
-    return cache.num_bytes() / 2**20
+    return cache.nbytes() / 2**20
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from conftest import tiny_model
 from loopformer import KVCache
-from loopformer.exits import DEFAULT_THRESHOLDS
+from loopformer.model.exits import DEFAULT_THRESHOLDS
 
 CRITERIA = sorted(DEFAULT_THRESHOLDS)
 # Thresholds that stop some tokens early on the tiny random model, so the tests see both.
@@ -87,7 +87,7 @@ def test_act_step_weights_sum_to_one_for_every_token(grad):
     ids = torch.randint(0, 64, (3, 10))
     ctx = bb.context(3, 10, ids.device)
     with torch.set_grad_enabled(grad):
-        out = bb.core(bb.encode(model.embed(ids), ctx), ctx, 12)
+        out = bb.core.unroll(bb.encode(model.embed(ids), ctx), ctx, 12)
     weights = out.step_weights.sum(-1)
     torch.testing.assert_close(weights, torch.ones_like(weights), rtol=0, atol=1e-6)
     assert (out.step_weights >= 0).all()
@@ -123,7 +123,7 @@ def test_act_last_step_takes_the_remainder_when_the_loop_runs_out():
     bb = model.backbone
     ids = torch.randint(0, 64, (1, 6))
     ctx = bb.context(1, 6, ids.device)
-    out = bb.core(bb.encode(model.embed(ids), ctx), ctx, 3)  # budget below the halting point
+    out = bb.core.unroll(bb.encode(model.embed(ids), ctx), ctx, 3)  # budget below halting
     assert (out.token_steps == 3).all()
     torch.testing.assert_close(out.step_weights.sum(-1), torch.ones(1, 6), rtol=0, atol=1e-6)
     assert (out.step_weights[..., -1] > out.step_weights[..., 0]).all()
@@ -172,9 +172,9 @@ def test_compressed_cache_memory_does_not_grow_with_steps():
     model = tiny_model()
     ids = torch.randint(0, 64, (1, 10))
     size = lambda steps, slots: model(ids, steps, past_key_values=KVCache(core_slots=slots),
-                                      use_cache=True).past_key_values.num_bytes()
+                                      use_cache=True).past_key_values.nbytes()
     assert size(8, 4) == size(16, 4) == size(32, 4)
-    exact = lambda steps: model(ids, steps, use_cache=True).past_key_values.num_bytes()
+    exact = lambda steps: model(ids, steps, use_cache=True).past_key_values.nbytes()
     assert exact(16) > exact(8)
     assert size(16, 4) < exact(16)
 

@@ -67,7 +67,7 @@ def test_cache_counts_bytes():
     cache = model(torch.randint(0, 64, (1, 10)), 2, use_cache=True).past_key_values
     slots = model.cfg.n_prelude + 2 * model.cfg.n_core + model.cfg.n_coda
     per_slot = 2 * 10 * model.cfg.kv_heads * model.cfg.head_dim * 4  # k and v, fp32
-    assert cache.num_bytes() == slots * per_slot
+    assert cache.nbytes() == slots * per_slot
 
 
 def test_cache_needs_a_causal_model():
@@ -135,11 +135,11 @@ def test_cache_buffers_grow_geometrically_not_per_token():
     model = tiny_model()
     out = model(torch.randint(0, 64, (1, 4)), 2, use_cache=True)
     cache = out.past_key_values
-    prefill_bytes = cache.num_bytes()
+    prefill_bytes = cache.nbytes()
     sizes = []
     for _ in range(8):  # 4 -> 12 tokens: the buffers double to 8, then to 16
         out = model(torch.randint(0, 64, (1, 1)), 2, past_key_values=cache, use_cache=True)
-        sizes.append(cache.num_bytes())
+        sizes.append(cache.nbytes())
     assert sizes == [2 * prefill_bytes] * 4 + [4 * prefill_bytes] * 4
     assert all(k.shape[2] == 12 for k, _ in cache.layers.values())
 

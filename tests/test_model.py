@@ -4,9 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_model
-from loopformer import LoopLM
-from loopformer.layers import RotaryEmbedding, apply_rope
-from loopformer.lm import next_token_loss
+from loopformer import Depth, LoopLM
+from loopformer.model.lm import NextTokenLoss
+from loopformer.model.rope import RotaryEmbedding, apply_rope
 from loopformer.memory import saved_tensor_bytes
 
 
@@ -60,9 +60,9 @@ def test_truncated_backprop_gradients_flow_only_through_last_steps(injection_set
     injected = bb.core.injection.prepare(e)
     with torch.no_grad():
         for t in range(4):
-            s = bb.core.step(s, injected, t, ctx)
+            s = bb.core(s, injected, bb.core.step_embedding(t, s), ctx)
     for t in range(4, 6):
-        s = bb.core.step(s, injected, t, ctx)
+        s = bb.core(s, injected, bb.core.step_embedding(t, s), ctx)
     torch.nn.functional.linear(bb.decode(s, ctx), model.embed.weight).square().mean().backward()
     for name, grad in truncated.items():
         torch.testing.assert_close(grad, model.get_parameter(name).grad, rtol=1e-4, atol=1e-7,
@@ -162,7 +162,7 @@ def test_next_token_loss_predicts_the_following_token():
     labels[1, 3] = -100
     keep = labels[:, 1:] != -100
     expected = torch.nn.functional.cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep])
-    torch.testing.assert_close(next_token_loss(logits, labels), expected)
+    torch.testing.assert_close(NextTokenLoss()(logits, labels), expected)
 
 
 def test_structure_mask_restricts_attention():
@@ -170,10 +170,10 @@ def test_structure_mask_restricts_attention():
     ids = torch.randint(0, 64, (1, 6))
     alone = torch.eye(6, dtype=torch.bool)[None]  # each token sees only itself
     ctx = model.backbone.context(1, 6, ids.device, structure_mask=alone)
-    features, _ = model.backbone(model.embed(ids), ctx, 3)
+    (features,), _ = model.backbone(model.embed(ids), ctx, Depth(0, 3))
     changed = ids.clone()
     changed[0, 5] = (changed[0, 5] + 1) % 64
-    features2, _ = model.backbone(model.embed(changed), ctx, 3)
+    (features2,), _ = model.backbone(model.embed(changed), ctx, Depth(0, 3))
     torch.testing.assert_close(features[:, :5], features2[:, :5], rtol=0, atol=0)
 
 
@@ -235,7 +235,7 @@ def test_compiled_regions_do_not_recompile_for_a_new_number_of_steps():
 
 
 def test_rms_norm_keeps_float64_and_has_correct_gradients():
-    from loopformer.layers import RMSNorm
+    from loopformer.model.norm import RMSNorm
 
     norm = RMSNorm(8).double()
     norm.weight.data.normal_()

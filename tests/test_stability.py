@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from conftest import INJECTION_SETUPS, tiny_model
-from loopformer.core import LTI_MAX_DECAY
+from loopformer.model.injection import LTI_MAX_DECAY
+from loopformer.model.observers import StateCollector
 
 
 def lti_model():
@@ -57,7 +58,9 @@ def test_long_unroll_stays_finite_and_bounded(setup, norm, dtype):
     ctx = bb.context(2, 12, ids.device)
     with torch.no_grad():
         e = bb.encode(model.embed(ids), ctx)
-        states = bb.core(e, ctx, 256, collect_states=True).states
+        collector = StateCollector()
+        bb.core.unroll(e, ctx, 256, observers=[collector])
+        states = collector.states
     rms = torch.stack([s.float().pow(2).mean(-1).sqrt().max() for s in states])
     assert torch.isfinite(rms).all()
     early, late = rms[:128].max(), rms[128:].max()

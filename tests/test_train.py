@@ -5,17 +5,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loopformer import checkpoint as ckpt
-from loopformer.depth import sample_depth
-from loopformer.recipes import GRAPH_MODEL
-from loopformer.train import Trainer, TrainConfig, load_run, loss_and_accuracy
+from loopformer import Depth
+from loopformer.training import checkpoint as ckpt
+from loopformer.training.config import TrainConfig
+from loopformer.training.depth import sample_depth
+from loopformer.training.recipes import GRAPH_MODEL
+from loopformer.training.run import load_run
+from loopformer.training.trainer import Trainer, loss_and_accuracy
 
 SMALL_GRAPH = GRAPH_MODEL.replace(d_model=32, ffn_hidden=64)
 
 
 def small_config(**changes) -> TrainConfig:
-    base = dict(task="graph", steps=6, batch_size=8, train_examples=64, eval_examples=16,
-                eval_every=3, checkpoint_every=3, warmup_steps=2, lr=3e-3, depth_low=2,
+    base = dict(task="graph", updates=6, batch_size=8, train_examples=64, eval_examples=16,
+                eval_every=3, checkpoint_every=3, warmup_updates=2, lr=3e-3, depth_low=2,
                 depth_high=4)
     base.update(changes)
     return TrainConfig(**base)
@@ -29,23 +32,23 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     straight = Trainer(SMALL_GRAPH, small_config(), tmp_path / "a", progress=False)
     straight.fit()
 
-    first = Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path / "b", progress=False)
+    first = Trainer(SMALL_GRAPH, small_config(updates=3), tmp_path / "b", progress=False)
     first.fit()
     # As if killed after logging update 4 but before its checkpoint.
     with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 4, "loss": 0.0}) + "\n")
+        f.write(json.dumps({"update": 4, "loss": 0.0}) + "\n")
     # The second process reads the stored config but runs to the full length.
     resumed = Trainer(SMALL_GRAPH, small_config(), tmp_path / "b", progress=False)
     resumed.fit(resume=True)
-    assert resumed.step == 6
+    assert resumed.update == 6
     for name, value in params(straight.model).items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["step"] for l in lines] == list(range(1, 7))
+    assert [json.loads(l)["update"] for l in lines] == list(range(1, 7))
 
 
 def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    trainer = Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path, progress=False)
+    trainer = Trainer(SMALL_GRAPH, small_config(updates=3), tmp_path, progress=False)
     trainer.fit()
     good = params(trainer.model)
 
@@ -60,7 +63,7 @@ def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypat
         ckpt.save_checkpoint(tmp_path, 4, trainer.model, trainer.state())
     assert (tmp_path / "latest").read_text().strip() == "ckpt-0000003"
     _, model, _, _, state = load_run(tmp_path)
-    assert state["step"] == 3
+    assert state["update"] == 3
     for name, value in good.items():
         assert torch.equal(value, model.state_dict()[name])
 
@@ -68,7 +71,7 @@ def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypat
 def test_corrupt_and_missing_runs_give_clear_errors(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="no config.json"):
         load_run(tmp_path)
-    trainer = Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path, progress=False)
+    trainer = Trainer(SMALL_GRAPH, small_config(updates=3), tmp_path, progress=False)
     trainer.fit()
     (tmp_path / "ckpt-0000003" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ckpt.CheckpointError, match="corrupt"):
@@ -79,9 +82,9 @@ def test_corrupt_and_missing_runs_give_clear_errors(tmp_path):
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
-    Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path, progress=False).fit()
+    Trainer(SMALL_GRAPH, small_config(updates=3), tmp_path, progress=False).fit()
     with pytest.raises(ckpt.CheckpointError, match="--resume"):
-        Trainer(SMALL_GRAPH, small_config(steps=3), tmp_path, progress=False).fit()
+        Trainer(SMALL_GRAPH, small_config(updates=3), tmp_path, progress=False).fit()
 
 
 def test_per_step_supervision_blends_every_step(tmp_path):
@@ -100,14 +103,14 @@ def test_per_step_supervision_blends_every_step(tmp_path):
 def test_truncated_backprop_in_the_trainer(tmp_path):
     trainer = Trainer(SMALL_GRAPH, small_config(depth="fixed", depth_mean=12, backprop_steps=8),
                       tmp_path, progress=False)
-    assert trainer.num_steps(0) == (4, 8)
+    assert trainer.depth(0) == Depth(4, 8)
     trainer = Trainer(SMALL_GRAPH, small_config(depth="fixed", depth_mean=5, backprop_steps=8),
                       tmp_path, progress=False)
-    assert trainer.num_steps(0) == 5
+    assert trainer.depth(0) == Depth(0, 5)
 
 
 def test_curriculum_raises_the_level_when_the_hardest_is_solved(tmp_path, monkeypatch):
-    trainer = Trainer(SMALL_GRAPH, small_config(curriculum=True, steps=3, eval_every=1),
+    trainer = Trainer(SMALL_GRAPH, small_config(curriculum=True, updates=3, eval_every=1),
                       tmp_path, progress=False)
     assert trainer.max_level == 2
     assert int(trainer.batch(0)["complexity"].max()) <= 2
@@ -138,7 +141,7 @@ def test_unknown_depth_sampler():
 
 
 @pytest.mark.parametrize("changes, field", [
-    (dict(steps=0), "steps"), (dict(alpha=1.5), "alpha"), (dict(depth_low=5, depth_high=4),
+    (dict(updates=0), "updates"), (dict(alpha=1.5), "alpha"), (dict(depth_low=5, depth_high=4),
                                                             "depth_high"),
     (dict(backprop_steps=0), "backprop_steps")])
 def test_bad_train_config(changes, field):
@@ -162,11 +165,11 @@ def test_fixed_depth_baseline_is_parameter_or_compute_matched(tmp_path):
 
 @pytest.mark.parametrize("task", ["graph", "logic", "family", "chains", "modarith"])
 def test_every_recipe_builds_and_takes_a_step(task, tmp_path):
-    from loopformer.recipes import recipe
+    from loopformer.training.recipes import recipe
 
     model_cfg, train_cfg = recipe(task, "quick")
     model_cfg = model_cfg.replace(d_model=32, ffn_hidden=64)
-    train_cfg = dataclasses.replace(train_cfg, steps=1, batch_size=4, train_examples=16,
+    train_cfg = dataclasses.replace(train_cfg, updates=1, batch_size=4, train_examples=16,
                                     eval_examples=4, depth_high=min(train_cfg.depth_high, 3),
                                     depth_low=1, depth_mean=2, eval_steps=2)
     trainer = Trainer(model_cfg, train_cfg, tmp_path, progress=False)
@@ -178,7 +181,7 @@ def test_every_recipe_builds_and_takes_a_step(task, tmp_path):
 
 
 def test_bf16_autocast_training_runs(tmp_path):
-    trainer = Trainer(SMALL_GRAPH, small_config(steps=2, bf16=True), tmp_path, progress=False)
+    trainer = Trainer(SMALL_GRAPH, small_config(updates=2, bf16=True), tmp_path, progress=False)
     trainer.fit()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in lines]
@@ -187,9 +190,11 @@ def test_bf16_autocast_training_runs(tmp_path):
 
 
 def test_compile_option_compiles_the_repeated_regions(tmp_path):
-    plain = Trainer(SMALL_GRAPH, small_config(), tmp_path / "a", progress=False)
-    compiled = Trainer(SMALL_GRAPH, small_config(compile=True), tmp_path / "b", progress=False)
-    assert not plain.model.backbone._compiled and plain.model.backbone.core._compiled_update is None
+    plain = Trainer(SMALL_GRAPH, small_config(), tmp_path / "a", progress=False).model
+    compiled = Trainer(SMALL_GRAPH, small_config(compile=True), tmp_path / "b",
+                       progress=False).model
+    regions = lambda model: [model.backbone.prelude, model.backbone.core, model.backbone.coda]
     # torch.compile is lazy: nothing compiles until the first update.
-    assert set(compiled.model.backbone._compiled) == {"encode", "decode"}
-    assert compiled.model.backbone.core._compiled_update is not None
+    assert all(region._compiled_call_impl is None for region in regions(plain))
+    assert all(region._compiled_call_impl is not None for region in regions(compiled))
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints unchanged

@@ -1,11 +1,9 @@
 """loopformer: recurrent-depth transformers (prelude -> shared core looped T times -> coda)."""
 
-from .backbone import Backbone
-from .cache import KVCache
+from .compile import compile_regions
 from .config import PRESETS, ModelConfig
-from .core import RecurrentCore
-from .lm import LoopLM, LoopLMOutput
+from .model import Backbone, Depth, KVCache, LoopLM, LoopLMOutput, RecurrentCore
 
-__all__ = ["Backbone", "KVCache", "LoopLM", "LoopLMOutput", "ModelConfig", "PRESETS",
-           "RecurrentCore"]
+__all__ = ["Backbone", "Depth", "KVCache", "LoopLM", "LoopLMOutput", "ModelConfig", "PRESETS",
+           "RecurrentCore", "compile_regions"]
 __version__ = "0.1.0"

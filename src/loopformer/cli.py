@@ -11,9 +11,10 @@ import torch
 import tyro
 from tyro.conf import Positional
 
-from .checkpoint import CheckpointError
 from .config import ModelConfig
-from .lm import LoopLM
+from .files import write_json_atomic
+from .model.lm import LoopLM
+from .training.checkpoint import CheckpointError
 
 
 def demo(preset: str = "tiny", injection: Literal["add", "concat", "lti", "gated"] = "concat",
@@ -73,20 +74,21 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
         threads: torch CPU threads.
         progress: show a progress bar.
     """
-    from .recipes import recipe
-    from .train import Trainer, TrainConfig, load_config
+    from .training.recipes import recipe
+    from .training.run import load_config
+    from .training.trainer import Trainer
 
     if threads is not None:
         torch.set_num_threads(threads)
     if resume and (out / "config.json").is_file():
         model_cfg, train_cfg = load_config(out)
-        print(f"resuming {out} ({train_cfg.task}, {train_cfg.steps} steps)")
+        print(f"resuming {out} ({train_cfg.task}, {train_cfg.updates} updates)")
     else:
         resume = False
         model_cfg, train_cfg = recipe(task, preset)
         changes = {"seed": seed}
         if updates is not None:
-            changes["steps"] = updates
+            changes["updates"] = updates
         if alpha is not None:
             changes["alpha"] = alpha
         if weight_decay is not None:
@@ -101,7 +103,7 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
             low, high = train_depth
             changes.update(depth="fixed" if low == high else "uniform", depth_low=low,
                            depth_high=high, depth_mean=(low + high) / 2)
-        train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), **changes})
+        train_cfg = train_cfg.replace(**changes)
         if baseline != "none":
             depth = 1 if baseline == "param" else round(
                 train_cfg.depth_mean if train_cfg.depth != "uniform"
@@ -112,7 +114,7 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
     trainer = Trainer(model_cfg, train_cfg, out, progress=progress)
     start = time.perf_counter()
     result = trainer.fit(resume=resume)
-    print(f"trained {trainer.model.num_parameters():,} parameters for {trainer.step} steps in "
+    print(f"trained {trainer.model.num_parameters():,} parameters for {trainer.update} updates in "
           f"{time.perf_counter() - start:.0f}s; eval accuracy by complexity: "
           + ", ".join(f"{c}: {a:.3f}" for c, a in result.items()))
 
@@ -132,8 +134,9 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
              complexities: str | None = None, examples: int = 500,
              threads: int | None = None) -> None:
     """Evaluate a trained run on every (complexity, steps) pair; write frontier.json/.png."""
-    from .evaluate import format_grid, frontier_grid, save_frontier
-    from .train import load_run
+    from .evaluation.plotting import plot_frontier
+    from .evaluation.scoring import format_grid, frontier_grid
+    from .training.run import load_run
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -148,8 +151,13 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
     start = time.perf_counter()
     grid = frontier_grid(task, model, levels, step_list, examples, train_cfg.seed)
     kind = "fixed-depth baseline" if model_cfg.core == "fixed" else "recurrent"
-    json_path, png_path = save_frontier(run_dir, task.name, task.train_complexities, levels,
-                                        step_list, grid, f"{task.name} ({kind})")
+    json_path, png_path = Path(run_dir) / "frontier.json", Path(run_dir) / "frontier.png"
+    write_json_atomic(json_path, {"task": task.name,
+                                  "train_complexities": list(task.train_complexities),
+                                  "complexities": levels, "steps": step_list,
+                                  "accuracy": grid})
+    plot_frontier(png_path, levels, step_list, grid, task.train_complexities,
+                  f"{task.name} ({kind}): accuracy by complexity and thinking steps")
     print(f"{task.name}: accuracy by complexity (rows) and thinking steps (columns); "
           f"trained on {list(task.train_complexities)}; {examples} examples per row")
     print(format_grid(levels, step_list, grid))
@@ -164,11 +172,10 @@ def adaptive(run_dir: Positional[Path],
     """Adaptive depth on a trained run: per complexity, accuracy and mean steps under each
     exit criterion next to the best fixed step count; writes DIR/adaptive.json.
 
-    --thresholds kl=1e-3,cosine=1e-2 overrides the default thresholds (loopformer.exits)."""
-    from .evaluate import adaptive_table, format_adaptive
-    from .exits import DEFAULT_THRESHOLDS
-    from .checkpoint import write_json_atomic
-    from .train import load_run
+    --thresholds kl=1e-3,cosine=1e-2 overrides the default thresholds (loopformer.model.exits)."""
+    from .evaluation.scoring import adaptive_table, format_adaptive
+    from .model.exits import DEFAULT_THRESHOLDS
+    from .training.run import load_run
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -202,17 +209,18 @@ def adaptive(run_dir: Positional[Path],
 def curves(run_dir: Positional[Path]) -> None:
     """Plot a run's training and held-out accuracy against updates into DIR/curves.png, and
     print the first update at which each held-out complexity reached 0.95."""
-    from .evaluate import plot_curves, read_metrics
+    from .evaluation.plotting import plot_curves
+    from .training.run import read_metrics
 
     records = read_metrics(run_dir)
     evals = [r for r in records if "eval" in r]
-    train = next((r["step"] for r in records if r["train_acc"] >= 0.95), None)
+    train = next((r["update"] for r in records if r["train_acc"] >= 0.95), None)
     print(f"training accuracy >= 0.95 first at update {train}")
     for c in (evals[0]["eval"] if evals else {}):
-        reached = next((r["step"] for r in evals if r["eval"][c] >= 0.95), None)
+        reached = next((r["update"] for r in evals if r["eval"][c] >= 0.95), None)
         print(f"held-out complexity {c}: >= 0.95 first at update {reached}; "
               f"final {evals[-1]['eval'][c]:.3f}")
-    print(f"wrote {plot_curves(run_dir)}")
+    print(f"wrote {plot_curves(records, Path(run_dir) / 'curves.png', str(run_dir))}")
 
 
 COMMANDS = {"train": train, "frontier": frontier, "adaptive": adaptive, "curves": curves,

@@ -12,7 +12,7 @@ import torch
 class Task(ABC):
     """A reasoning task. Subclasses define `sample` and `collate` and the class attributes.
 
-    `interface` names the model wrapper the task needs (see `loopformer.interfaces`):
+    `interface` names the model wrapper the task needs (see `loopformer.tasks.interfaces`):
     "graph" (node embeddings, adjacency mask, pair readout), "classifier" (bidirectional, CLS
     readout) or "lm" (a token sequence whose last position predicts the answer token).
     """

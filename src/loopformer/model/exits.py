@@ -13,7 +13,7 @@ stop. Defaults follow Huginn (Geiping et al. 2025) and Loop-Think-Generalize:
 | `kl-entropy`       | KL < threshold and H(p_t) < `exit_entropy`           | 5e-4, 0.1 nats    |
 
 `p_t` is the readout's distribution after step t (the coda and head run on every step's
-state); the two latent criteria need no readout.
+state); the two latent criteria need no readout. A stopped token keeps its state frozen.
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ from typing import Callable
 
 import torch
 
+from ..config import ModelConfig
+from .observers import CoreOutput, StepObserver
+
 DEFAULT_THRESHOLDS = {"kl": 5e-4, "entropy-diff": 1e-3, "latent-diff": 0.03, "cosine": 1e-3,
                       "argmax-stability": 5, "kl-entropy": 5e-4}
 LATENT_CRITERIA = ("latent-diff", "cosine")
 DEFAULT_EXIT_ENTROPY = 0.1
+
+Probe = Callable[[torch.Tensor], torch.Tensor]  # a core state -> the readout's logits
 
 
 @dataclass
@@ -51,22 +56,48 @@ class ExitRule:
     def needs_logits(self) -> bool:
         return self.criterion not in LATENT_CRITERIA
 
+    def observer(self, cfg: ModelConfig, token_mask: torch.Tensor,
+                 probe: Probe) -> "ExitObserver":
+        """The observer that applies this rule in a model built from `cfg`; `probe` is used
+        only by the criteria that judge the readout's distribution."""
+        if cfg.halting != "none":
+            raise ValueError("exit_criterion and learned halting (halting='act') exclude each "
+                             "other: ACT already decides when each token stops")
+        return ExitObserver(self, token_mask, probe if self.needs_logits else None)
 
-class ExitTracker:
-    """Keeps what a criterion needs from the previous step and decides, per token, to stop."""
 
-    def __init__(self, rule: ExitRule, probe: Callable[[torch.Tensor], torch.Tensor] | None):
+class ExitObserver(StepObserver):
+    """Keeps what a criterion needs from the previous step and stops converged tokens."""
+
+    freezes_stopped = True
+
+    def __init__(self, rule: ExitRule, token_mask: torch.Tensor, probe: Probe | None):
         if rule.needs_logits and probe is None:
             raise ValueError(f"exit_criterion={rule.criterion!r} needs the readout's "
                              "distribution, which this model does not provide; use "
                              "'latent-diff' or 'cosine'")
         self.rule, self.probe = rule, probe
-        self.prev_state = self.prev_logp = self.prev_argmax = None
+        self.active = token_mask.clone()  # padding never runs
+        self.token_steps = torch.zeros_like(token_mask, dtype=torch.long)
+        self.prev_state = self.prev_logp = self.prev_argmax = self.prev_entropy = None
         self.stable = None  # steps for which the argmax has not changed
+
+    def start(self, state, depth):
+        return self.active
+
+    def observe(self, step, state):
+        self.token_steps += self.active.long()
+        done = self.converged(state)
+        if done is not None and step + 1 >= self.rule.min_steps:
+            self.active &= ~(done if done.dim() == 2 else done[:, None])
+        return self.active
+
+    def finish(self, out: CoreOutput) -> None:
+        out.token_steps = self.token_steps
 
     @torch.no_grad()
     def converged(self, state: torch.Tensor) -> torch.Tensor | None:
-        """Record step t's state; return (B, T) bool, or None at the first step."""
+        """Record step t's state; return (B, T) or (B,) bool, or None at the first step."""
         rule, s = self.rule, state.float()
         done = None
         if rule.needs_logits:

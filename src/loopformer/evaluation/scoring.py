@@ -1,14 +1,14 @@
-"""Accuracy over (complexity, thinking steps) grids, and the frontier heatmap."""
+"""Scoring a trained task model: accuracy over (complexity, thinking steps) grids, and
+adaptive depth (exit criteria, ACT) against the best fixed depth. Numbers only; figures are
+in plotting.py."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .checkpoint import write_json_atomic
+from ..model.exits import DEFAULT_EXIT_ENTROPY, ExitRule
 
 
 def _slice(batch: dict, start: int, end: int) -> dict:
@@ -27,7 +27,7 @@ def accuracy_by_steps(model, batch: dict, steps: Sequence[int],
     """
     correct = {s: 0 for s in steps}
     n = batch["label"].shape[0]
-    one_pass = model.backbone.core.cfg.halting == "none"
+    one_pass = model.backbone.cfg.halting == "none"
     for start in range(0, n, chunk):
         part = _slice(batch, start, start + chunk)
         if one_pass:
@@ -60,89 +60,12 @@ def format_grid(complexities, steps, grid, label: str = "complexity") -> str:
     return "\n".join(lines)
 
 
-def save_frontier(run_dir: Path, task_name: str, train_complexities, complexities, steps,
-                  grid, title: str = "") -> tuple[Path, Path]:
-    run_dir = Path(run_dir)
-    json_path, png_path = run_dir / "frontier.json", run_dir / "frontier.png"
-    write_json_atomic(json_path, {"task": task_name,
-                                  "train_complexities": list(train_complexities),
-                                  "complexities": list(complexities), "steps": list(steps),
-                                  "accuracy": grid})
-    plot_frontier(png_path, complexities, steps, grid, train_complexities,
-                  title or f"{task_name}: accuracy by complexity and thinking steps")
-    return json_path, png_path
-
-
-def plot_frontier(path: Path, complexities, steps, grid, train_complexities, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(steps), 1.0 + 0.5 * len(complexities)))
-    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(steps)), [str(s) for s in steps])
-    ax.set_yticks(range(len(complexities)), [str(c) for c in complexities])
-    ax.set_xlabel("thinking steps")
-    ax.set_ylabel("complexity")
-    for i, row in enumerate(grid):
-        for j, a in enumerate(row):
-            ax.text(j, i, f"{a:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if a > 0.6 else "white")
-    trained = [i for i, c in enumerate(complexities) if c in set(train_complexities)]
-    if trained:  # mark the training range with a red bracket on the left
-        ax.plot([-0.5, -0.5], [min(trained) - 0.5, max(trained) + 0.5], color="red",
-                linewidth=4, clip_on=False)
-    ax.set_title(f"{title}\n(red bar: trained complexities)", fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a loopformer run?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot_curves(run_dir: Path, title: str = "") -> Path:
-    """Training accuracy and held-out accuracy per complexity against updates (log x)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(run_dir)
-    evals = [r for r in records if "eval" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in records], [r["train_acc"] for r in records], lw=0.8,
-            label="train (batch)")
-    for c in (evals[0]["eval"] if evals else {}):
-        ax.plot([r["step"] for r in evals], [r["eval"][c] for r in evals], lw=1.5,
-                label=f"held out, complexity {c}")
-    ax.set_xscale("log")
-    ax.set_xlabel("update")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7)
-    ax.set_title(title or str(run_dir), fontsize=9)
-    fig.tight_layout()
-    path = Path(run_dir) / "curves.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 @torch.no_grad()
 def adaptive_table(task, model, complexities: Sequence[int], criteria: dict[str, float | None],
                    max_steps: int, examples: int, seed: int, min_steps: int = 1,
                    exit_entropy: float | None = None, chunk: int = 256) -> dict:
     """Per complexity: accuracy at every fixed step count 1..max_steps (and the best), and for
     each exit criterion its accuracy and mean steps used (for an ACT model: its own halting)."""
-    from .exits import DEFAULT_EXIT_ENTROPY, ExitRule
-
     model.eval()
     rows = []
     for c in complexities:
@@ -151,7 +74,7 @@ def adaptive_table(task, model, complexities: Sequence[int], criteria: dict[str,
         best_steps = max(fixed, key=lambda s: (fixed[s], -s))
         row = {"complexity": c, "fixed": fixed, "best_fixed_steps": best_steps,
                "best_fixed_accuracy": fixed[best_steps], "criteria": {}}
-        act = model.backbone.core.cfg.halting == "act"
+        act = model.backbone.cfg.halting == "act"
         for name, threshold in ({"act": None} if act else criteria).items():
             rule = None if act else ExitRule(
                 name, threshold, min_steps,

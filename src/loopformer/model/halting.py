@@ -20,7 +20,9 @@ import math
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
+from .depth import Depth
+from .observers import CoreOutput, StepObserver
 
 
 class HaltingUnit(nn.Module):
@@ -39,25 +41,29 @@ class HaltingUnit(nn.Module):
         return torch.sigmoid(self.proj(state).squeeze(-1).float())
 
 
-class ACTAccumulator:
-    """Per-token running sums of one ACT forward pass."""
+class ACTObserver(StepObserver):
+    """Per-token running sums of one ACT forward pass; the loop adds it when halting='act'."""
 
-    def __init__(self, unit: HaltingUnit, like: torch.Tensor, total_steps: int):
-        B, T, _ = like.shape
-        self.unit, self.total = unit, total_steps
-        self.cumulative = like.new_zeros(B, T, dtype=torch.float32)
-        self.running = torch.ones(B, T, dtype=torch.bool, device=like.device)
-        self.steps = torch.zeros(B, T, dtype=torch.long, device=like.device)
-        self.remainder = like.new_zeros(B, T, dtype=torch.float32)
-        self.output = torch.zeros_like(like, dtype=torch.float32)
+    def __init__(self, unit: HaltingUnit):
+        self.unit = unit
+
+    def start(self, state: torch.Tensor, depth: Depth) -> None:
+        B, T, _ = state.shape
+        self.total = depth.total
+        self.cumulative = state.new_zeros(B, T, dtype=torch.float32)
+        self.running = torch.ones(B, T, dtype=torch.bool, device=state.device)
+        self.steps = torch.zeros(B, T, dtype=torch.long, device=state.device)
+        self.remainder = state.new_zeros(B, T, dtype=torch.float32)
+        self.output = torch.zeros_like(state, dtype=torch.float32)
         self.weights: list[torch.Tensor] = []
+        return None
 
-    def add(self, t: int, state: torch.Tensor) -> torch.Tensor:
-        """Fold step t's state into the output; return which tokens are still running."""
+    def observe(self, step: int, state: torch.Tensor) -> torch.Tensor:
+        """Fold the step's state into the output; return which tokens are still running."""
         p = self.unit(state)
-        if t + 1 < self.unit.min_steps:
+        if step + 1 < self.unit.min_steps:
             p = torch.zeros_like(p)  # no weight, and no halting, before min_steps
-        last = t == self.total - 1
+        last = step == self.total - 1
         halts = self.running & ((self.cumulative + p > self.unit.threshold) | last)
         weight = torch.where(halts, 1.0 - self.cumulative, p) * self.running
         self.remainder = torch.where(halts, 1.0 - self.cumulative, self.remainder)
@@ -68,6 +74,8 @@ class ACTAccumulator:
         self.weights.append(weight)
         return self.running
 
-    def ponder(self) -> torch.Tensor:
-        """N + R per token: the quantity the ponder cost penalises."""
-        return self.steps.float() + self.remainder
+    def finish(self, out: CoreOutput) -> None:
+        out.state = self.output.to(out.state.dtype)
+        out.token_steps = self.steps
+        out.ponder = self.steps.float() + self.remainder  # N + R: what the ponder cost pays
+        out.step_weights = torch.stack(self.weights, dim=-1)

@@ -1,8 +1,10 @@
 """Task interfaces: an encoder and a readout around the shared, task-invariant backbone.
 
-Every interface maps a batch to one logits tensor per requested step: the final step by
-default, or every gradient step (`all_steps=True`) for per-step supervision and for evaluating
-many depths in one pass.
+Every interface is encoder -> backbone -> readout: `embed_inputs` maps a batch to embeddings
+and an attention context, the backbone runs prelude, core and coda, and `readout` maps coda
+features to one logits tensor per requested step: the final step by default, or every
+gradient step (`all_steps=True`) for per-step supervision and for evaluating many depths in
+one pass.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import Backbone
-from .config import ModelConfig
-from .exits import ExitRule
-from .layers import AttentionContext
-from .lm import LoopLM, init_weights
-from .tasks.base import Task
+from ..config import ModelConfig
+from ..model.backbone import Backbone
+from ..model.context import AttentionContext
+from ..model.depth import Depth
+from ..model.exits import ExitRule
+from ..model.lm import LoopLM
+from ..model.weights import init_weights
+from .base import Task
 
 
 @dataclass
@@ -33,7 +37,7 @@ class TaskModel(nn.Module, ABC):
     backbone: Backbone
 
     @abstractmethod
-    def encode_inputs(self, batch: dict) -> tuple[torch.Tensor, AttentionContext]:
+    def embed_inputs(self, batch: dict) -> tuple[torch.Tensor, AttentionContext]:
         """Batch -> embeddings (B, T, d) and the attention context."""
 
     @abstractmethod
@@ -46,19 +50,19 @@ class TaskModel(nn.Module, ABC):
         """all_steps: read out every gradient step (per-step loss, many depths in one pass).
         exit_rule: stop early; logit criteria judge the example's readout, so all its tokens
         stop together, while latent criteria judge each token's own state."""
-        x, ctx = self.encode_inputs(batch)
-        decode = lambda state: self.readout(self.backbone.decode(state, ctx), batch)
-        probe = decode if exit_rule is not None and exit_rule.needs_logits else None
-        core_out = self.backbone.core(self.backbone.encode(x, ctx), ctx, num_steps,
-                                      generator=generator, collect_states=all_steps,
-                                      exit_rule=exit_rule, probe=probe)
-        states = core_out.states if all_steps else [core_out.state]
+        x, ctx = self.embed_inputs(batch)
+        observers = []
+        if exit_rule is not None:
+            probe = lambda state: self.readout(self.backbone.decode(state, ctx), batch)
+            observers.append(exit_rule.observer(self.backbone.cfg, ctx.token_mask, probe))
+        features, core_out = self.backbone(x, ctx, Depth.of(num_steps), all_steps=all_steps,
+                                           observers=observers, generator=generator)
         real = ctx.token_mask
         steps = (core_out.token_steps * real).max(dim=1).values
         ponder = None
         if core_out.ponder is not None:
             ponder = (core_out.ponder * real).sum(1) / real.sum(1).clamp_min(1)
-        return TaskOutput([decode(s) for s in states], steps, ponder)
+        return TaskOutput([self.readout(f, batch) for f in features], steps, ponder)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -77,7 +81,7 @@ class GraphReasoner(TaskModel):
                                   nn.Linear(cfg.d_model, 2))
         init_weights(self, cfg.init_std)
 
-    def encode_inputs(self, batch):
+    def embed_inputs(self, batch):
         node_ids = batch["node_ids"]
         B, N = node_ids.shape
         rows = torch.arange(B, device=node_ids.device)
@@ -104,7 +108,7 @@ class SequenceClassifier(TaskModel):
         self.head = nn.Linear(cfg.d_model, num_classes)
         init_weights(self, cfg.init_std)
 
-    def encode_inputs(self, batch):
+    def embed_inputs(self, batch):
         ids = batch["input_ids"]
         ctx = self.backbone.context(*ids.shape, ids.device, batch["attention_mask"])
         return self.embed(ids), ctx
@@ -121,14 +125,14 @@ class AnswerLM(TaskModel):
         self.lm = LoopLM(cfg)
         self.backbone = self.lm.backbone
 
-    def encode_inputs(self, batch):
+    def embed_inputs(self, batch):
         ids = batch["input_ids"]
         self.lm.check_input_ids(ids)
         ctx = self.backbone.context(*ids.shape, ids.device, batch["attention_mask"])
         return self.lm.embed(ids), ctx
 
     def readout(self, features, batch):
-        return F.linear(features[:, -1], self.lm.embed.weight)
+        return self.lm.head(features[:, -1])
 
 
 def build_task_model(task: Task, cfg: ModelConfig) -> TaskModel:

@@ -4,100 +4,42 @@ JSON-lines metrics, atomic checkpoints and exact resume."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import (CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic,
-                         write_text_atomic)
-from .config import ModelConfig
+from ..compile import compile_regions
+from ..config import ModelConfig
+from ..evaluation.scoring import accuracy_by_steps
+from ..files import write_json_atomic, write_text_atomic
+from ..model.depth import Depth
+from ..tasks import Task, make_task
+from ..tasks.interfaces import TaskModel, build_task_model
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .depth import sample_depth
-from .evaluate import accuracy_by_steps
-from .interfaces import TaskModel, build_task_model
-from .tasks import Task, make_task
+from .run import metrics_record
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    task: str = "graph"
-    task_options: dict = dataclasses.field(default_factory=dict)
-    seed: int = 0
-    steps: int = 2000
-    batch_size: int = 64
-    train_examples: int = 12_000
-    lr: float = 3e-4
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    depth: Literal["fixed", "uniform", "poisson-lognormal", "poisson"] = "uniform"
-    depth_low: int = 5
-    depth_high: int = 8
-    depth_mean: float = 6.5
-    backprop_steps: int | None = None
-    """Truncated backprop through the last k steps (Huginn: 8); None = through all steps."""
-    alpha: float = 0.0
-    """L = (1 - alpha) CE(final) + alpha/T sum_t CE(t); 0 = silent thinking (Chen 2026)."""
-    ponder_cost: float = 0.01
-    """ACT only: weight of the ponder cost mean(N + R) in the loss (Universal Transformers)."""
-    curriculum: bool = False
-    curriculum_threshold: float = 0.95
-    bf16: bool = False
-    compile: bool = False
-    """torch.compile the model's repeated regions (Backbone.compile_regions)."""
-    eval_every: int = 250
-    eval_examples: int = 256
-    eval_steps: int | None = None
-    """Core steps used for periodic evaluation; None = depth_high."""
-    checkpoint_every: int = 250
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "train_examples", "eval_every", "eval_examples",
-                     "checkpoint_every", "depth_low"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.depth_high < self.depth_low:
-            raise ValueError(f"TrainConfig.depth_high ({self.depth_high}) must be >= depth_low "
-                             f"({self.depth_low})")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"TrainConfig.alpha must lie in [0, 1], got {self.alpha}")
-        if self.backprop_steps is not None and self.backprop_steps < 1:
-            raise ValueError("TrainConfig.backprop_steps must be >= 1 or None, got "
-                             f"{self.backprop_steps}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        data = dict(data)
-        data["betas"] = tuple(data["betas"])
-        return cls(**data)
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
+def lr_at(cfg: TrainConfig, update: int) -> float:
     """Linear warmup, then cosine decay to min_lr_ratio * lr."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if update < cfg.warmup_updates:
+        return cfg.lr * (update + 1) / cfg.warmup_updates
+    progress = (update - cfg.warmup_updates) / max(1, cfg.updates - cfg.warmup_updates)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def loss_and_accuracy(model: TaskModel, batch: dict, num_steps, alpha: float,
+def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: float,
                       ponder_cost: float = 0.0):
-    out = model(batch, num_steps, all_steps=alpha > 0)
+    out = model(batch, depth, all_steps=alpha > 0)
     logits, labels = out.logits, batch["label"]
     final = F.cross_entropy(logits[-1].float(), labels)
     loss = final
@@ -118,7 +60,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_task_model(self.task, model_cfg)
         if cfg.compile:
-            self.model.backbone.compile_regions()
+            compile_regions(self.model)
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -133,37 +75,39 @@ class Trainer:
         self.eval_sets = {c: self.task.collate(self.task.eval_set(c, cfg.eval_examples,
                                                                   cfg.seed))
                           for c in levels}
-        self.step = 0
+        self.update = 0  # optimiser updates done
         self._full_batch: tuple[int, dict] | None = None
 
     def state(self) -> dict:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+        return {"update": self.update, "optimizer": self.optimizer.state_dict(),
                 "max_level": self.max_level, "torch_rng": torch.get_rng_state()}
 
     def resume(self) -> None:
         state = load_checkpoint(self.out, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.max_level = state["step"], state["max_level"]
+        # loopformer 0.1 stored the update count as "step".
+        self.update = state["update"] if "update" in state else state["step"]
+        self.max_level = state["max_level"]
         torch.set_rng_state(state["torch_rng"])
 
-    def batch(self, step: int) -> dict:
+    def batch(self, update: int) -> dict:
         pool = [i for i, ex in enumerate(self.train_set) if ex.complexity <= self.max_level]
         if self.cfg.batch_size >= len(pool):  # full batch: collate once per curriculum level
             if self._full_batch is None or self._full_batch[0] != self.max_level:
                 full = self.task.collate([self.train_set[i] for i in pool])
                 self._full_batch = (self.max_level, full)
             return self._full_batch[1]
-        rng = np.random.default_rng([self.cfg.seed, step, 0xBA7C])
+        rng = np.random.default_rng([self.cfg.seed, update, 0xBA7C])
         chosen = rng.choice(len(pool), size=self.cfg.batch_size, replace=False)
         return self.task.collate([self.train_set[pool[i]] for i in sorted(chosen)])
 
-    def num_steps(self, step: int):
+    def depth(self, update: int) -> Depth:
+        """Thinking steps of an update: drawn by (seed, update), so every rank agrees."""
         c = self.cfg
-        depth = sample_depth(c.depth, step, c.seed, low=c.depth_low, high=c.depth_high,
+        steps = sample_depth(c.depth, update, c.seed, low=c.depth_low, high=c.depth_high,
                              mean=c.depth_mean)
-        if c.backprop_steps is None or depth <= c.backprop_steps:
-            return depth
-        return (depth - c.backprop_steps, c.backprop_steps)
+        grad = steps if c.backprop_steps is None else min(steps, c.backprop_steps)
+        return Depth(steps - grad, grad)
 
     @torch.no_grad()
     def evaluate(self) -> dict[int, float]:
@@ -181,9 +125,10 @@ class Trainer:
             self.resume()
             # A run killed after its last checkpoint logged updates that will be redone.
             metrics = out / "metrics.jsonl"
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            write_text_atomic(metrics, "".join(line + "\n" for line in kept))
+            records = [metrics_record(line) for line in metrics.read_text().splitlines()
+                       if line.strip()]
+            kept = [json.dumps(r) + "\n" for r in records if r["update"] <= self.update]
+            write_text_atomic(metrics, "".join(kept))
         else:
             if (out / "latest").exists():
                 raise CheckpointError(f"{out} already holds a run; pass --resume to continue "
@@ -193,32 +138,31 @@ class Trainer:
             (out / "metrics.jsonl").write_text("")
         self.model.train()
         # Redraw often on a terminal, rarely in a log file.
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress,
+        bar = tqdm(total=cfg.updates, initial=self.update, disable=not self.progress,
                    desc=f"train {cfg.task}", dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
         metrics_file = open(out / "metrics.jsonl", "a")
         last_eval: dict = {}
         start, tokens = time.perf_counter(), 0
-        while self.step < cfg.steps:
-            step = self.step
-            batch = self.batch(step)
-            num_steps = self.num_steps(step)
+        while self.update < cfg.updates:
+            update = self.update
+            batch = self.batch(update)
+            depth = self.depth(update)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(cfg, step)
+                group["lr"] = lr_at(cfg, update)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss, acc = loss_and_accuracy(self.model, batch, num_steps, cfg.alpha,
+                loss, acc = loss_and_accuracy(self.model, batch, depth, cfg.alpha,
                                               cfg.ponder_cost)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
-            self.step += 1
+            self.update += 1
             tokens += batch["label"].numel() * _tokens_per_example(batch)
-            record = {"step": self.step, "loss": loss.item(), "train_acc": acc.item(),
-                      "lr": lr_at(cfg, step), "grad_norm": float(grad_norm),
-                      "num_steps": sum(num_steps) if isinstance(num_steps, tuple) else num_steps,
-                      "max_level": self.max_level}
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+            record = {"update": self.update, "loss": loss.item(), "train_acc": acc.item(),
+                      "lr": lr_at(cfg, update), "grad_norm": float(grad_norm),
+                      "num_steps": depth.total, "max_level": self.max_level}
+            if self.update % cfg.eval_every == 0 or self.update == cfg.updates:
                 last_eval = self.evaluate()
                 record["eval"] = {str(c): a for c, a in last_eval.items()}
                 hardest = last_eval.get(self.max_level, 0.0)
@@ -233,8 +177,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.2f}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                save_checkpoint(out, self.step, self.model, self.state())
+            if self.update % cfg.checkpoint_every == 0 or self.update == cfg.updates:
+                save_checkpoint(out, self.update, self.model, self.state())
         bar.close()
         metrics_file.close()
         return last_eval
@@ -243,27 +187,3 @@ class Trainer:
 def _tokens_per_example(batch: dict) -> int:
     mask = batch.get("attention_mask", batch.get("node_mask"))
     return mask.shape[1]
-
-
-def load_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{run_dir} is not a loopformer run directory (no config.json); "
-                              "create one with `loopformer train --out DIR`")
-    try:
-        data = json.loads(config_path.read_text())
-        model_cfg = ModelConfig.from_dict(data["model"])
-        train_cfg = TrainConfig.from_dict(data["train"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{config_path} is corrupt: {error}") from None
-    return model_cfg, train_cfg
-
-
-def load_run(run_dir: Path) -> tuple[Task, TaskModel, ModelConfig, TrainConfig, dict]:
-    """A trained run: its task, model (newest weights), configs and trainer state."""
-    model_cfg, train_cfg = load_config(run_dir)
-    task = make_task(train_cfg.task, **train_cfg.task_options)
-    model = build_task_model(task, model_cfg)
-    state = load_checkpoint(run_dir, model)
-    return task, model.eval(), model_cfg, train_cfg, state

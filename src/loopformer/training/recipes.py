@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import ModelConfig
-from .train import TrainConfig
+from ..config import ModelConfig
+from .config import TrainConfig
 
 # Chen 2026's graph model: d=128, 4 heads, FFN 256, one gated core block with LayerScale,
 # ~205K parameters. Nodes attend by adjacency only, so no positions (rope=False).
@@ -26,46 +26,47 @@ SEQUENCE_MODEL = ModelConfig(d_model=128, n_heads=4, ffn_hidden=256, n_prelude=1
 
 RECIPES: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {
     ("graph", "paper"): (GRAPH_MODEL, TrainConfig(
-        task="graph", steps=7500, batch_size=64, train_examples=12_000, lr=3e-4,
+        task="graph", updates=7500, batch_size=64, train_examples=12_000, lr=3e-4,
         depth="uniform", depth_low=5, depth_high=8, eval_every=500, checkpoint_every=500)),
     ("graph", "quick"): (GRAPH_MODEL, TrainConfig(
-        task="graph", steps=1500, batch_size=64, train_examples=6_000, lr=1e-3, warmup_steps=100,
+        task="graph", updates=1500, batch_size=64, train_examples=6_000, lr=1e-3,
+        warmup_updates=100,
         depth="uniform", depth_low=5, depth_high=8, eval_every=250, checkpoint_every=250)),
     ("logic", "paper"): (LOGIC_MODEL, TrainConfig(
-        task="logic", steps=6000, batch_size=64, train_examples=12_000, lr=3e-4,
+        task="logic", updates=6000, batch_size=64, train_examples=12_000, lr=3e-4,
         depth="uniform", depth_low=4, depth_high=16, eval_every=500, checkpoint_every=500)),
     ("logic", "quick"): (LOGIC_MODEL, TrainConfig(
-        task="logic", steps=1200, batch_size=64, train_examples=8_000, lr=1e-3,
+        task="logic", updates=1200, batch_size=64, train_examples=8_000, lr=1e-3,
         depth="uniform", depth_low=4, depth_high=16, eval_steps=12, eval_every=250,
         checkpoint_every=250)),
     ("family", "paper"): (SEQUENCE_MODEL.replace(vocab_size=32, causal=False), TrainConfig(
-        task="family", steps=6000, batch_size=64, train_examples=12_000, lr=3e-4,
+        task="family", updates=6000, batch_size=64, train_examples=12_000, lr=3e-4,
         depth="uniform", depth_low=1, depth_high=12, eval_every=500, checkpoint_every=500)),
     ("family", "quick"): (SEQUENCE_MODEL.replace(vocab_size=32, causal=False), TrainConfig(
-        task="family", steps=1200, batch_size=64, train_examples=8_000, lr=1e-3,
+        task="family", updates=1200, batch_size=64, train_examples=8_000, lr=1e-3,
         depth="uniform", depth_low=1, depth_high=12, eval_every=250, checkpoint_every=250)),
     ("chains", "paper"): (SEQUENCE_MODEL.replace(vocab_size=210, max_seq_len=32), TrainConfig(
-        task="chains", steps=8000, batch_size=128, train_examples=50_000, lr=1e-3,
+        task="chains", updates=8000, batch_size=128, train_examples=50_000, lr=1e-3,
         depth="poisson", depth_low=2, depth_high=8, depth_mean=4, curriculum=True, eval_every=250,
         checkpoint_every=500)),
     # Curriculum (Loop-Think-Generalize): start on 1-2 hops, add one once the hardest is solved.
     ("chains", "quick"): (SEQUENCE_MODEL.replace(vocab_size=60, max_seq_len=32), TrainConfig(
-        task="chains", task_options={"num_entities": 50}, steps=3000, batch_size=128,
+        task="chains", task_options={"num_entities": 50}, updates=3000, batch_size=128,
         train_examples=20_000, lr=1e-3, depth="poisson", depth_low=2, depth_high=8,
         depth_mean=4, curriculum=True, eval_every=100, checkpoint_every=250)),
     # Grokking (Power et al. 2022 / Nanda et al. 2023): full batch, AdamW lr 1e-3,
     # weight decay 1.0, betas (0.9, 0.98). One core step: the looped part is not the point here.
     ("modarith", "paper"): (SEQUENCE_MODEL.replace(vocab_size=99, max_seq_len=8, n_prelude=0,
                                                    n_coda=0, layer_scale_init=None), TrainConfig(
-        task="modarith", task_options={"modulus": 97, "train_fraction": 0.3}, steps=10_000,
-        batch_size=100_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_steps=10,
+        task="modarith", task_options={"modulus": 97, "train_fraction": 0.3}, updates=10_000,
+        batch_size=100_000, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), warmup_updates=10,
         min_lr_ratio=1.0, grad_clip=1e9, depth="fixed", depth_low=1, depth_high=1,
         depth_mean=1, eval_examples=100_000, eval_every=100, checkpoint_every=1000)),
 }
 # quick: d=64 instead of 128 (4x fewer FLOPs per update) so that grokking fits in minutes.
 RECIPES[("modarith", "quick")] = (
     RECIPES[("modarith", "paper")][0].replace(d_model=64, n_heads=4, ffn_hidden=256),
-    dataclasses.replace(RECIPES[("modarith", "paper")][1], steps=3000, eval_every=50))
+    dataclasses.replace(RECIPES[("modarith", "paper")][1], updates=3000, eval_every=50))
 
 PRESET_NAMES = ("paper", "quick")
 

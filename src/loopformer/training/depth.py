@@ -1,5 +1,5 @@
-"""Per-batch depth samplers. Each draw depends only on (seed, step), so every data-parallel rank
-draws the same depth without communicating (Huginn seeds its sampler by step)."""
+"""Per-update depth samplers. Each draw depends only on (seed, update), so every data-parallel
+rank draws the same depth without communicating (Huginn seeds its sampler by the update)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import numpy as np
 DEPTH_SAMPLERS = ("fixed", "uniform", "poisson-lognormal", "poisson")
 
 
-def sample_depth(kind: str, step: int, seed: int, *, low: int, high: int, mean: float) -> int:
-    """The number of core steps for training step `step`.
+def sample_depth(kind: str, update: int, seed: int, *, low: int, high: int, mean: float) -> int:
+    """The number of core steps for optimiser update `update`.
 
     fixed: `mean`; uniform: U{low..high} (Chen 2026); poisson-lognormal: rate ~ LogNormal(
     log(mean) - s^2/2, s=0.5), r = Poisson(rate) + 1 (Huginn, mean ~ mean + 1, clipped to
     [low, high]); poisson: Poisson(mean) clipped to [low, high] (Loop-Think-Generalize: mean
     4, [2, 8]).
     """
-    rng = np.random.default_rng([seed, step, 0x5EED])
+    rng = np.random.default_rng([seed, update, 0x5EED])
     if kind == "fixed":
         return int(round(mean))
     if kind == "uniform":

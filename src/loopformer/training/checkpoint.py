@@ -7,7 +7,6 @@ one and is replaced atomically only after that rename. Older checkpoints are pru
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..files import fsync_dir, write_text_atomic
 
 LATEST = "latest"
 WEIGHTS = "model.safetensors"
@@ -25,32 +26,11 @@ class CheckpointError(ValueError):
     """A run directory that is missing, incomplete or corrupt."""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False) as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
-    _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict,
+def save_checkpoint(run_dir: Path, update: int, model: torch.nn.Module, trainer_state: dict,
                     keep: int = 2) -> Path:
+    """Write the weights after optimiser update `update` and the trainer state atomically."""
     run_dir = Path(run_dir)
-    name = f"ckpt-{step:07d}"
+    name = f"ckpt-{update:07d}"
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}."))
     # Tied weights share storage; safetensors stores each tensor once, so save clones.
     save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
@@ -63,7 +43,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_st
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     write_text_atomic(run_dir / LATEST, name + "\n")
     old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir())[:-keep]
     for p in old:

@@ -1,0 +1,5 @@
+"""`python -m loopformer`: the command line."""
+
+from .cli import main
+
+main()

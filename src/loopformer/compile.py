@@ -1,0 +1,35 @@
+"""compile_regions(model): torch.compile applied from outside the modules.
+
+The modules hold parameters and a forward only; this wraps the repeated regions in place with
+`nn.Module.compile`, which keeps parameter names (and so checkpoints) unchanged:
+
+- the prelude and the coda (each a BlockStack) and one core step (`RecurrentCore.forward`:
+  injection + shared blocks + renormalisation). The loop over steps stays in Python, so a new
+  number of steps reuses the compiled step; truncated backprop adds one no-grad variant.
+- a LoopLM's loss (log-softmax and its gradient fuse into one pass over the logits) and its
+  `forward_cached`, the cached call whose KV slots were prepared up front: one graph per call,
+  compiled once per depth with symbolic positions, so a whole generation compiles once.
+  (Compiled regions inside it are inlined into that one graph.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model.core import FixedDepthCore
+from .model.lm import LoopLM
+
+
+def compile_regions(model: nn.Module, **options) -> nn.Module:
+    """Compile `model`'s regions in place (options go to torch.compile); returns `model`.
+    `model` is a LoopLM or any model with a `backbone` (the task interfaces)."""
+    backbone = model.backbone
+    cores = backbone.core.layers if isinstance(backbone.core, FixedDepthCore) else [backbone.core]
+    for region in (backbone.prelude, *cores, backbone.coda):
+        region.compile(**options)
+    if isinstance(model, LoopLM):
+        model.loss.compile(**options)
+        model.forward_cached = torch.compile(model.forward_cached, **{"dynamic": True,
+                                                                      **options})
+    return model

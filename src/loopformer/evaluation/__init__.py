@@ -1,0 +1,1 @@
+"""Scoring trained models (numbers) and plotting them (figures), kept apart."""

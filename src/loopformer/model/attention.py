@@ -1,0 +1,52 @@
+"""Grouped-query attention (Ainslie et al. 2023) over torch's scaled_dot_product_attention.
+
+An attention module owns the layout of what it caches: it hands the KV cache a tuple of
+tensors with the sequence on dim -2 (here keys and values, (B, kv_heads, T, head_dim)) and
+gets back the same tuple over past + new tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .context import AttentionContext
+from .rope import apply_rope
+
+SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        # One fused projection for q, k and v: one matmul instead of three.
+        self.qkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim,
+                             bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, layer: int) -> torch.Tensor:
+        """`layer`: this block's index in its region, naming its cache slot."""
+        B, T, _ = x.shape
+        H, H_kv = self.n_heads, self.n_kv_heads
+        # split (not slicing) so that backward joins the gradients with one cat instead of
+        # zero-filling a full-size tensor per slice.
+        qk, v = self.qkv(x).view(B, T, H + 2 * H_kv, self.head_dim).split([H + H_kv, H_kv], 2)
+        if ctx.cos is not None:  # queries and keys rotated together: one set of ops
+            qk = apply_rope(qk, ctx.cos, ctx.sin)
+        q, k = (t.transpose(1, 2) for t in qk.split([H, H_kv], dim=2))
+        v = v.transpose(1, 2)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(layer, (k, v))
+        gqa = {}
+        if self.n_kv_heads != self.n_heads:
+            if SDPA_HAS_GQA:  # torch >= 2.5 shares each kv head across its group, no copies
+                gqa = {"enable_gqa": True}
+            else:
+                groups = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal,
+                                           **gqa)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))

@@ -1,0 +1,85 @@
+"""AttentionContext: what every block of one forward pass needs, built once per call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .rope import RotaryEmbedding
+
+if TYPE_CHECKING:
+    from .cache import CacheWriter, SlotView
+
+
+@dataclass
+class AttentionContext:
+    """Built once per call, so the recurrent loop does no mask or table work per step."""
+
+    cos: torch.Tensor | None  # (B, T, 1, head_dim) fp32; None when the model has no RoPE
+    sin: torch.Tensor | None
+    mask: torch.Tensor | None  # bool (B, 1, T, T_keys), True = may attend; None = see is_causal
+    is_causal: bool
+    positions: torch.Tensor  # (B, T) RoPE positions of the new tokens
+    token_mask: torch.Tensor  # (B, T) bool, True = real token, False = padding
+    writer: CacheWriter | None = None  # this call's writer into a KVCache
+    cache: SlotView | None = None  # the slots of the blocks being run (see `at`)
+
+    def at(self, region: str, step: int, layers: int) -> "AttentionContext":
+        """The context for the `layers` blocks of one region (and core step): with a cache,
+        their slots are resolved here, outside any compiled region, so compiled code only
+        writes tensors at an offset."""
+        if self.writer is None:
+            return self
+        return AttentionContext(self.cos, self.sin, self.mask, self.is_causal, self.positions,
+                                self.token_mask, self.writer,
+                                self.writer.view(region, step, layers))
+
+
+def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length: int,
+                 device: torch.device, attention_mask: torch.Tensor | None = None,
+                 structure_mask: torch.Tensor | None = None,
+                 writer: CacheWriter | None = None) -> AttentionContext:
+    """Attention inputs for `length` new tokens (after the cache's past tokens, if any)."""
+    cache = writer.cache if writer is not None else None
+    past = cache.seq_len if cache is not None else 0
+    if attention_mask is None:
+        new_mask = torch.ones(batch, length, dtype=torch.bool, device=device)
+    else:
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or \
+                attention_mask.shape[1] not in (length, past + length):
+            raise ValueError(
+                f"attention_mask must have shape ({batch}, {length}) or ({batch}, "
+                f"{past + length}) (past + new tokens), got {tuple(attention_mask.shape)}")
+        new_mask = attention_mask[:, -length:].to(device=device, dtype=torch.bool)
+    if structure_mask is not None:
+        if structure_mask.shape != (batch, length, length):
+            raise ValueError(f"structure_mask must have shape ({batch}, {length}, {length}), "
+                             f"got {tuple(structure_mask.shape)}")
+        if past:
+            raise ValueError("structure_mask cannot be combined with a KV cache")
+
+    # Left padding shifts positions so that a sequence's first real token is at position 0.
+    start = cache.next_position if past else torch.zeros(batch, dtype=torch.long, device=device)
+    positions = start[:, None] + (new_mask.long().cumsum(1) - 1).clamp(min=0)
+    cos, sin = rope(positions) if rope is not None else (None, None)
+    common = dict(positions=positions, token_mask=new_mask, writer=writer)
+
+    keys = new_mask if not past else torch.cat((cache.key_mask, new_mask), dim=1)
+    padded = not bool(keys.all())
+    if not padded and structure_mask is None:
+        if past == 0:
+            return AttentionContext(cos, sin, None, causal, **common)
+        if length == 1 or not causal:
+            return AttentionContext(cos, sin, None, False, **common)
+    allowed = keys[:, None, :].expand(batch, length, past + length)
+    if causal:
+        allowed = allowed & torch.ones(length, past + length, dtype=torch.bool,
+                                       device=device).tril(diagonal=past)
+    if structure_mask is not None:
+        allowed = allowed & structure_mask.to(device=device, dtype=torch.bool)
+    # Every token sees itself, so a padding row never takes a softmax over nothing (NaN).
+    diagonal = torch.zeros(length, past + length, dtype=torch.bool, device=device)
+    diagonal[:, past:] = torch.eye(length, dtype=torch.bool, device=device)
+    return AttentionContext(cos, sin, (allowed | diagonal)[:, None], False, **common)

@@ -1,0 +1,61 @@
+"""Step observers: the one way to see each core step from outside the loop.
+
+Exits, learned halting (ACT) and state collection are observers; the loop
+(`RecurrentCore.unroll`) calls `start` once, `observe` after every step and `finish` at the
+end. An observer may stop tokens: `observe` returns which tokens still run. The loop ends
+early once no token runs, but only without autograd: a data-dependent number of steps in
+training would desynchronise data-parallel ranks. An observer with `freezes_stopped` also
+keeps each stopped token's state as it was (exits); otherwise stopped tokens keep computing
+and the observer decides what they contribute (ACT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .depth import Depth
+
+
+@dataclass
+class CoreOutput:
+    state: torch.Tensor  # (B, T, d): the final state (ACT: the halting-weighted state)
+    steps: int  # core steps run
+    token_steps: torch.Tensor  # (B, T) steps each token used (exits / ACT: its own)
+    ponder: torch.Tensor | None = None  # (B, T) ACT's N + R
+    step_weights: torch.Tensor | None = None  # (B, T, steps) ACT's weight of each step
+
+
+class StepObserver:
+    freezes_stopped = False
+
+    def start(self, state: torch.Tensor, depth: Depth) -> torch.Tensor | None:
+        """Called with s_0; returns the tokens that run from the start, or None (all)."""
+        return None
+
+    def observe(self, step: int, state: torch.Tensor) -> torch.Tensor | None:
+        """Called with the state after core step `step` (0-based); returns the (B, T) bool
+        mask of tokens still running, or None when the observer stops nothing."""
+        return None
+
+    def finish(self, out: CoreOutput) -> None:
+        """Called once after the loop, to add what the observer measured to the output."""
+
+
+class StateCollector(StepObserver):
+    """Keeps the state after every gradient step (per-step supervision, evaluating many
+    depths in one pass, trajectory analysis)."""
+
+    def __init__(self) -> None:
+        self.states: list[torch.Tensor] = []
+        self.first = 0
+
+    def start(self, state, depth):
+        self.states, self.first = [], depth.no_grad
+        return None
+
+    def observe(self, step, state):
+        if step >= self.first:
+            self.states.append(state)
+        return None

@@ -1,0 +1,1 @@
+"""Training: the loop, depth samplers, recipes, checkpoints and run directories."""

@@ -1,0 +1,52 @@
+"""Reading a run directory: its configs, its newest model, its metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import ModelConfig
+from ..tasks import Task, make_task
+from ..tasks.interfaces import TaskModel, build_task_model
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import TrainConfig
+
+
+def load_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a loopformer run directory (no config.json); "
+                              "create one with `loopformer train --out DIR`")
+    try:
+        data = json.loads(config_path.read_text())
+        model_cfg = ModelConfig.from_dict(data["model"])
+        train_cfg = TrainConfig.from_dict(data["train"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{config_path} is corrupt: {error}") from None
+    return model_cfg, train_cfg
+
+
+def load_run(run_dir: Path) -> tuple[Task, TaskModel, ModelConfig, TrainConfig, dict]:
+    """A trained run: its task, model (newest weights), configs and trainer state."""
+    model_cfg, train_cfg = load_config(run_dir)
+    task = make_task(train_cfg.task, **train_cfg.task_options)
+    model = build_task_model(task, model_cfg)
+    state = load_checkpoint(run_dir, model)
+    return task, model.eval(), model_cfg, train_cfg, state
+
+
+def metrics_record(line: str) -> dict:
+    """One line of metrics.jsonl; a record written by loopformer 0.1 names the optimiser
+    update "step", which is renamed "update"."""
+    record = json.loads(line)
+    if "update" not in record and "step" in record:
+        record["update"] = record.pop("step")
+    return record
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a loopformer run?")
+    return [metrics_record(line) for line in path.read_text().splitlines() if line.strip()]
