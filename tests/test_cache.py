@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import INJECTION_SETUPS, tiny_model
-from loopformer import KVCache
+from loopformer import Depth, KVCache
+from loopformer.model.cache import cache_slots
 
 
 def decode_in_pieces(model, ids, cuts, num_steps):
@@ -28,6 +29,7 @@ def test_chunked_prefill_then_token_by_token_equals_full_forward(injection_setup
     assert cache.seq_len == 20
     # One slot per unrolled layer: prelude + core x steps + coda.
     assert len(cache) == model.cfg.n_prelude + 5 * model.cfg.n_core + model.cfg.n_coda
+    assert list(cache.layers) == cache_slots(model.cfg, Depth(0, 5))
 
 
 @settings(max_examples=12, deadline=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from .cache import KVCache, cache_slots
 from .context import AttentionContext
 from .depth import Depth
 from .exits import DEFAULT_EXIT_ENTROPY, ExitRule
-from .observers import CoreOutput
+from .observers import CoreOutput, StepObserver
 from .weights import init_weights
 
 
@@ -93,13 +94,15 @@ class LoopLM(nn.Module):
                 generator: torch.Generator | None = None,
                 exit_criterion: str | None = None, exit_threshold: float | None = None,
                 min_steps: int = 1, exit_entropy: float = DEFAULT_EXIT_ENTROPY,
-                initial_state: torch.Tensor | None = None) -> LoopLMOutput:
+                initial_state: torch.Tensor | None = None,
+                observers: Sequence[StepObserver] = ()) -> LoopLMOutput:
         """Logits for input_ids after num_steps core steps: an int, or (n_nograd, n_grad) for
         truncated backprop (see Depth, RecurrentCore.unroll).
 
         exit_criterion: per-token early exit (see loopformer.model.exits); num_steps is then
         the maximum and out.steps says what each token used. A new cache for adaptive depth
         uses the "latest" fallback, so a token that stopped early can be attended at any depth.
+        observers: more StepObservers to see every core step (loopformer.model.observers).
         """
         depth = Depth.of(self.cfg.mean_steps if num_steps is None else num_steps)
         exit_rule = None if exit_criterion is None else ExitRule(
@@ -114,7 +117,7 @@ class LoopLM(nn.Module):
         B, T = input_ids.shape
         writer = None
         if cache is not None:
-            whole = self._runs_every_step(cache, exit_rule)
+            whole = not observers and self._runs_every_step(cache, exit_rule)
             writer = cache.writer(T, cache_slots(self.cfg, depth) if whole else None)
         ctx = self.backbone.context(B, T, input_ids.device, attention_mask, writer=writer)
         if writer is not None and writer.reserved:
@@ -122,7 +125,7 @@ class LoopLM(nn.Module):
             core_out = CoreOutput(state, depth.total, torch.full_like(
                 ctx.token_mask, depth.total, dtype=torch.long))
         else:
-            observers = []
+            observers = list(observers)
             if exit_rule is not None:
                 probe = lambda state: self.head(self.backbone.decode(state, ctx))
                 observers.append(exit_rule.observer(self.cfg, ctx.token_mask, probe))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from ..model.context import AttentionContext
 from ..model.depth import Depth
 from ..model.exits import ExitRule
 from ..model.lm import LoopLM
+from ..model.observers import StepObserver
 from ..model.weights import init_weights
 from .base import Task
 
@@ -45,13 +47,14 @@ class TaskModel(nn.Module, ABC):
         """Coda features (B, T, d) -> logits (B, classes)."""
 
     def forward(self, batch: dict, num_steps, *, all_steps: bool = False,
-                generator: torch.Generator | None = None,
-                exit_rule: ExitRule | None = None) -> TaskOutput:
+                generator: torch.Generator | None = None, exit_rule: ExitRule | None = None,
+                observers: Sequence[StepObserver] = ()) -> TaskOutput:
         """all_steps: read out every gradient step (per-step loss, many depths in one pass).
         exit_rule: stop early; logit criteria judge the example's readout, so all its tokens
-        stop together, while latent criteria judge each token's own state."""
+        stop together, while latent criteria judge each token's own state. observers: more
+        StepObservers to see every core step."""
         x, ctx = self.embed_inputs(batch)
-        observers = []
+        observers = list(observers)
         if exit_rule is not None:
             probe = lambda state: self.readout(self.backbone.decode(state, ctx), batch)
             observers.append(exit_rule.observer(self.backbone.cfg, ctx.token_mask, probe))
