@@ -198,3 +198,10 @@ def test_compile_option_compiles_the_repeated_regions(tmp_path):
     assert all(region._compiled_call_impl is None for region in regions(plain))
     assert all(region._compiled_call_impl is not None for region in regions(compiled))
     assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints unchanged
+
+
+def test_train_config_from_dict_names_unknown_fields_and_reads_old_names():
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['epochs'\]"):
+        TrainConfig.from_dict({"epochs": 3})
+    old = TrainConfig.from_dict({"steps": 7, "warmup_steps": 2, "betas": [0.9, 0.95]})
+    assert (old.updates, old.warmup_updates, old.betas) == (7, 2, (0.9, 0.95))

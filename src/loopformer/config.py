@@ -25,8 +25,28 @@ CORES = ("recurrent", "fixed")
 HALTINGS = ("none", "act")
 
 
+class DictConfig:
+    """replace / to_dict / from_dict for a frozen config dataclass; from_dict names any
+    unknown field."""
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: "
+                             f"{sorted(known)}")
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(DictConfig):
     """Shape and variant of a recurrent-depth model: prelude -> core looped T times -> coda."""
 
     vocab_size: int = 256
@@ -114,19 +134,6 @@ class ModelConfig:
             return self.ffn_hidden
         return -(-8 * self.d_model // 3 // 64) * 64
 
-    def replace(self, **changes) -> "ModelConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ModelConfig":

@@ -9,12 +9,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from ..config import DictConfig
+
 # Field names of run directories written before the rename (loopformer 0.1).
 LEGACY_FIELDS = {"steps": "updates", "warmup_steps": "warmup_updates"}
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     task: str = "graph"
     task_options: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
@@ -62,21 +64,10 @@ class TrainConfig:
             raise ValueError("TrainConfig.backprop_steps must be >= 1 or None, got "
                              f"{self.backprop_steps}")
 
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         """From a config.json, including one written by loopformer 0.1 (LEGACY_FIELDS)."""
         data = {LEGACY_FIELDS.get(k, k): v for k, v in data.items()}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: "
-                             f"{sorted(known)}")
         if "betas" in data:
             data["betas"] = tuple(data["betas"])
-        return cls(**data)
+        return super().from_dict(data)
