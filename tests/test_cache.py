@@ -187,3 +187,27 @@ def test_compiled_decoding_matches_eager_for_every_injection(injection_setup):
     model.compile_regions(backend="eager")
     assert torch.equal(model.generate(ids, 4, 3, warm_start=True), reference)
     torch._dynamo.reset()
+
+
+def test_compiled_regions_with_a_cache_filled_on_demand_stop_recompiling():
+    """Exits keep a cached call out of the one-graph path: the compiled regions then see the
+    cache through SlotViews of their own layers only, so a bounded set of graphs serves every
+    position (no recompilation per step or per token)."""
+    model = tiny_model(n_core=2, max_seq_len=128)
+    ids = torch.randint(0, 64, (1, 12))
+    options = dict(exit_criterion="latent-diff", exit_threshold=0.3)
+    reference = model.generate(ids, 20, 10, **options)
+    compiles = 0
+
+    def counting_backend(graph_module, example_inputs):
+        nonlocal compiles
+        compiles += 1
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    model.compile_regions(backend=counting_backend)
+    assert torch.equal(model.generate(ids, 20, 10, **options), reference)
+    first = compiles
+    assert torch.equal(model.generate(ids, 20, 10, **options), reference)
+    assert 0 < first == compiles
+    torch._dynamo.reset()

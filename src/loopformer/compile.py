@@ -14,6 +14,8 @@ The modules hold parameters and a forward only; this wraps the repeated regions 
 
 from __future__ import annotations
 
+import types
+
 import torch
 from torch import nn
 
@@ -30,6 +32,7 @@ def compile_regions(model: nn.Module, **options) -> nn.Module:
         region.compile(**options)
     if isinstance(model, LoopLM):
         model.loss.compile(**options)
-        model.forward_cached = torch.compile(model.forward_cached, **{"dynamic": True,
-                                                                      **options})
+        # The class's method bound to this model, so a second call does not wrap a wrapper.
+        cached = types.MethodType(LoopLM.forward_cached, model)
+        model.forward_cached = torch.compile(cached, **{"dynamic": True, **options})
     return model

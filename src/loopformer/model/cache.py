@@ -61,21 +61,29 @@ def _with_room(stored: Entries | None, like: Entries, end: int, keep: int) -> En
     return grown
 
 
-class SlotView:
-    """The slots of one region's blocks (for one core step) in one call. Plain tensor code,
-    so compiled regions trace it; `start` stays a symbolic int (no recompilation per token)."""
+def _write(stored: Entries | None, entries: Entries, start: int) -> Entries:
+    """Write `entries` at [start, start + n) of `stored` (grown if needed); return the
+    buffers, which may be new."""
+    end = start + entries[0].shape[-2]
+    stored = _with_room(stored, entries, end, keep=start)
+    for buffer, entry in zip(stored, entries):
+        buffer[..., start:end, :] = entry
+    return stored
 
-    def __init__(self, buffers: dict[SlotKey, Entries], slots: list[SlotKey], start: int):
-        self.buffers, self.slots, self.start = buffers, slots, start
+
+class SlotView:
+    """The buffers of one region's blocks (for one core step) in one call, by layer. Plain
+    tensor code, so compiled regions trace it; `start` stays a symbolic int (no recompilation
+    per token). Buffers it allocates or grows reach the cache through the CacheWriter."""
+
+    def __init__(self, entries: list[Entries | None], start: int):
+        self.entries, self.start = entries, start
 
     def update(self, layer: int, entries: Entries) -> Entries:
         """Write this call's entries for block `layer`; return its past + new entries."""
-        slot, start = self.slots[layer], self.start
-        end = start + entries[0].shape[-2]
-        stored = _with_room(self.buffers.get(slot), entries, end, keep=start)
-        self.buffers[slot] = stored
-        for buffer, entry in zip(stored, entries):
-            buffer[..., start:end, :] = entry
+        stored = _write(self.entries[layer], entries, self.start)
+        self.entries[layer] = stored
+        end = self.start + entries[0].shape[-2]
         return tuple(buffer[..., :end, :] for buffer in stored)
 
 
@@ -140,13 +148,14 @@ class KVCache:
     def commit(self, writer: "CacheWriter", new_mask: torch.Tensor,
                new_positions: torch.Tensor) -> None:
         """Record the call's tokens once every block has written them."""
+        writer.flush()
         past, end = writer.start, writer.end
         if self.fill_forward:  # core slots the call did not reach get its deepest entries
             for slot, length in list(self.lengths.items()):
                 if slot.region == "core" and length == past:
                     deepest = self.entries(writer.deepest[slot.layer], end)
-                    SlotView(self.buffers, [slot], past).update(
-                        0, tuple(t[..., past:, :] for t in deepest))
+                    self.buffers[slot] = _write(self.buffers[slot],
+                                                tuple(t[..., past:, :] for t in deepest), past)
                     self.lengths[slot] = end
         cat = lambda old, new: new if old is None else torch.cat((old, new), dim=1)
         self.key_mask = cat(self.key_mask, new_mask)
@@ -177,11 +186,27 @@ class CacheWriter:
         self.prepared: set[SlotKey] = set()
         self.deepest: dict[int, SlotKey] = {}  # core layer -> the slot of its deepest step
         self.reserved = False  # every slot prepared by reserve(): view() only looks up
+        self.handed_out: list[tuple[list[SlotKey], SlotView]] = []
 
     def view(self, region: str, step: int, layers: int) -> SlotView:
         keys = [SlotKey(region, step, layer) for layer in range(layers)]
-        prepare = self.cache.slot_for if self.reserved else self._prepare
-        return SlotView(self.cache.buffers, [prepare(key) for key in keys], self.start)
+        buffers = self.cache.buffers
+        if self.reserved:  # only lookups: what a compiled decoding graph traces
+            return SlotView([buffers[self.cache.slot_for(key)] for key in keys], self.start)
+        self.flush()
+        slots = [self._prepare(key) for key in keys]
+        view = SlotView([buffers.get(slot) for slot in slots], self.start)
+        self.handed_out.append((slots, view))
+        return view
+
+    def flush(self) -> None:
+        """Store in the cache the buffers that views allocated or grew. (A view holds only
+        its own layers' buffers, so a compiled region's guards do not see the cache grow.)"""
+        for slots, view in self.handed_out:
+            for slot, stored in zip(slots, view.entries):
+                if stored is not None:
+                    self.cache.buffers[slot] = stored
+        self.handed_out.clear()
 
     def reserve(self, keys: Iterable[SlotKey]) -> None:
         """Prepare every slot and give it room for the new entries now."""
@@ -210,7 +235,7 @@ class CacheWriter:
                     f"the KV cache has no entry for layer {tuple(slot)} although it holds "
                     f"{past} past tokens: decode with the same num_steps that filled the cache, "
                     "or use KVCache(mode='latest') for adaptive depth")
-            SlotView(cache.buffers, [slot], 0).update(0, cache.entries(source, past))
+            cache.buffers[slot] = _write(None, cache.entries(source, past), 0)
         elif length is not None and length != past:
             raise ValueError(
                 f"the KV cache entry for layer {tuple(slot)} is stale (it was skipped by a call "
