@@ -27,3 +27,14 @@ def tiny_model(seed: int = 0, **overrides) -> LoopLM:
 @pytest.fixture(params=INJECTION_SETUPS, ids=lambda d: d["injection"])
 def injection_setup(request):
     return request.param
+
+
+class CompileCounter:
+    """A torch.compile backend that counts the graphs it is given and runs them as traced."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.count += 1
+        return graph_module.forward

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_model
+from conftest import CompileCounter, tiny_model
 from loopformer import Depth, LoopLM
 from loopformer.model.lm import NextTokenLoss
 from loopformer.model.rope import RotaryEmbedding, apply_rope
@@ -202,27 +202,22 @@ def test_bad_attention_mask_shape():
 
 def test_compiled_regions_do_not_recompile_for_a_new_number_of_steps():
     model = tiny_model().train()
-    compiles = 0
-
-    def counting_backend(graph_module, example_inputs):
-        nonlocal compiles
-        compiles += 1
-        return graph_module.forward
+    counter = CompileCounter()
 
     ids = torch.randint(0, 64, (2, 8))
     reference = model(ids, 3, labels=ids)
     torch._dynamo.reset()
-    model.compile_regions(backend=counting_backend)
+    model.compile_regions(backend=counter)
     compiled = model(ids, 3, labels=ids)
     compiled.loss.backward()
-    after_first = compiles
+    after_first = counter.count
     for steps in (7, 12, 3):
         model(ids, steps, labels=ids).loss.backward()
-    assert after_first > 0 and compiles == after_first
+    assert after_first > 0 and counter.count == after_first
     # Truncated backprop adds the no-grad variant once, then reuses it for any split.
     model(ids, (5, 2)).logits.sum().backward()
     model(ids, (9, 3)).logits.sum().backward()
-    assert compiles == after_first + 1
+    assert counter.count == after_first + 1
     torch.testing.assert_close(compiled.logits, reference.logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled.loss, reference.loss, rtol=1e-5, atol=1e-6)
     # Cached decoding runs eagerly and still matches a full pass.
