@@ -44,6 +44,8 @@ def test_train_then_frontier_end_to_end(tmp_path, capsys):
     (["frontier", ".", "--steps", "0,2"], "--steps needs integers >= 1"),
     (["train", "--task", "sudoku", "--out", "/tmp/never"], "no recipe for task 'sudoku'"),
     (["adaptive", ".", "--criteria", "vibes"], "unknown criterion 'vibes'"),
+    (["train", "--out", "/tmp/never", "--batch-size", "8", "--grad-accum", "3"],
+     "--grad-accum 3 must be >= 1 and divide --batch-size 8"),
 ])
 def test_bad_arguments_give_one_line_and_nonzero_exit(args, message, capsys, tmp_path):
     code, out, err = run_cli(args, capsys)

@@ -205,3 +205,33 @@ def test_train_config_from_dict_names_unknown_fields_and_reads_old_names():
         TrainConfig.from_dict({"epochs": 3})
     old = TrainConfig.from_dict({"steps": 7, "warmup_steps": 2, "betas": [0.9, 0.95]})
     assert (old.updates, old.warmup_updates, old.betas) == (7, 2, (0.9, 0.95))
+
+
+def test_grad_accum_splits_the_same_global_batch(tmp_path):
+    whole = Trainer(SMALL_GRAPH, small_config(updates=3), tmp_path / "a", progress=False)
+    whole.fit()
+    split = Trainer(SMALL_GRAPH, small_config(updates=3), tmp_path / "b", progress=False,
+                    grad_accum=4)
+    split.fit()
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(split.model.state_dict()[name], value, rtol=1e-4, atol=1e-6,
+                                   msg=name)
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl")
+               .read_text().splitlines()] for run in ("a", "b")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    with pytest.raises(ValueError, match="--grad-accum 3 must be >= 1 and divide --batch-size 8"):
+        Trainer(SMALL_GRAPH, small_config(), tmp_path / "c", progress=False, grad_accum=3)
+
+
+def test_device_choice():
+    from loopformer.training.device import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else \
+        "mps" if torch.backends.mps.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="--device must be one of"):
+        resolve_device("tpu")

@@ -49,7 +49,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
           train_depth: tuple[int, int] | None = None,
           baseline: Literal["none", "param", "compute"] = "none",
           halting: Literal["none", "act"] = "none", curriculum: bool | None = None,
-          bf16: bool = False, compile: bool = False,
+          bf16: bool = False, compile: bool = False, batch_size: int | None = None,
+          grad_accum: int = 1, device: Literal["auto", "cpu", "cuda", "mps"] = "auto",
           threads: int | None = None, progress: bool = True) -> None:
     """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
 
@@ -71,6 +72,10 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
         curriculum: raise the training complexity once the hardest level is solved.
         bf16: bf16 autocast.
         compile: torch.compile the repeated regions (one core step, prelude, coda).
+        batch_size: examples in one update (default: the recipe's), whatever --grad-accum.
+        grad_accum: split each update's batch into this many micro-batches (less memory,
+            same update up to float rounding); may change on --resume.
+        device: auto (cuda, then mps, then cpu), cpu, cuda or mps; may change on --resume.
         threads: torch CPU threads.
         progress: show a progress bar.
     """
@@ -89,6 +94,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
         changes = {"seed": seed}
         if updates is not None:
             changes["updates"] = updates
+        if batch_size is not None:
+            changes["batch_size"] = batch_size
         if alpha is not None:
             changes["alpha"] = alpha
         if weight_decay is not None:
@@ -111,7 +118,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
             model_cfg = model_cfg.replace(core="fixed", fixed_depth=depth)
         if halting == "act":  # ACT halts within the largest training depth
             model_cfg = model_cfg.replace(halting="act", mean_steps=train_cfg.depth_high)
-    trainer = Trainer(model_cfg, train_cfg, out, progress=progress)
+    trainer = Trainer(model_cfg, train_cfg, out, progress=progress, device=device,
+                      grad_accum=grad_accum)
     start = time.perf_counter()
     result = trainer.fit(resume=resume)
     print(f"trained {trainer.model.num_parameters():,} parameters for {trainer.update} updates in "

@@ -11,8 +11,10 @@ import torch
 from ..model.exits import DEFAULT_EXIT_ENTROPY, ExitRule
 
 
-def _slice(batch: dict, start: int, end: int) -> dict:
-    return {k: v[start:end] for k, v in batch.items()}
+def _slice(batch: dict, start: int, end: int, model) -> dict:
+    """Examples [start, end) of a batch, on the model's device."""
+    device = next(model.parameters()).device
+    return {k: v[start:end].to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -29,7 +31,7 @@ def accuracy_by_steps(model, batch: dict, steps: Sequence[int],
     n = batch["label"].shape[0]
     one_pass = model.backbone.cfg.halting == "none"
     for start in range(0, n, chunk):
-        part = _slice(batch, start, start + chunk)
+        part = _slice(batch, start, start + chunk, model)
         if one_pass:
             logits = model(part, max(steps), all_steps=True).logits
             by_steps = {s: logits[s - 1] if len(logits) > 1 else logits[-1] for s in steps}
@@ -81,7 +83,7 @@ def adaptive_table(task, model, complexities: Sequence[int], criteria: dict[str,
                 DEFAULT_EXIT_ENTROPY if exit_entropy is None else exit_entropy)
             correct, steps = 0, 0.0
             for start in range(0, batch["label"].shape[0], chunk):
-                part = _slice(batch, start, start + chunk)
+                part = _slice(batch, start, start + chunk, model)
                 out = model(part, max_steps, exit_rule=rule)
                 correct += int((out.logits[-1].argmax(-1) == part["label"]).sum())
                 steps += float(out.steps.float().sum())

@@ -33,7 +33,8 @@ def save_checkpoint(run_dir: Path, update: int, model: torch.nn.Module, trainer_
     name = f"ckpt-{update:07d}"
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}."))
     # Tied weights share storage; safetensors stores each tensor once, so save clones.
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+    save_file({k: v.detach().to("cpu", copy=True).contiguous()
+               for k, v in model.state_dict().items()},
               tmp / WEIGHTS)
     torch.save(trainer_state, tmp / TRAINER_STATE)
     for f in tmp.iterdir():
