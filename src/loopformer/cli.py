@@ -51,6 +51,7 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
           halting: Literal["none", "act"] = "none", curriculum: bool | None = None,
           bf16: bool = False, compile: bool = False, batch_size: int | None = None,
           grad_accum: int = 1, device: Literal["auto", "cpu", "cuda", "mps"] = "auto",
+          parallel: Literal["none", "ddp"] = "none",
           threads: int | None = None, progress: bool = True) -> None:
     """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
 
@@ -76,6 +77,8 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
         grad_accum: split each update's batch into this many micro-batches (less memory,
             same update up to float rounding); may change on --resume.
         device: auto (cuda, then mps, then cpu), cpu, cuda or mps; may change on --resume.
+        parallel: ddp trains on the processes started by torchrun (DistributedDataParallel;
+            nccl on CUDA, gloo on CPU); --batch-size stays the global batch.
         threads: torch CPU threads.
         progress: show a progress bar.
     """
@@ -119,9 +122,11 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
         if halting == "act":  # ACT halts within the largest training depth
             model_cfg = model_cfg.replace(halting="act", mean_steps=train_cfg.depth_high)
     trainer = Trainer(model_cfg, train_cfg, out, progress=progress, device=device,
-                      grad_accum=grad_accum)
+                      grad_accum=grad_accum, parallel=parallel)
     start = time.perf_counter()
     result = trainer.fit(resume=resume)
+    if not trainer.world.is_main:
+        return
     print(f"trained {trainer.model.num_parameters():,} parameters for {trainer.update} updates in "
           f"{time.perf_counter() - start:.0f}s; eval accuracy by complexity: "
           + ", ".join(f"{c}: {a:.3f}" for c, a in result.items()))

@@ -4,6 +4,7 @@ JSON-lines metrics, atomic checkpoints and exact resume."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -25,7 +26,8 @@ from ..tasks.interfaces import TaskModel, build_task_model
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .depth import sample_depth
-from .device import autocast, has_fused_adamw, resolve_device, to_device
+from .device import autocast, has_fused_adamw, to_device
+from .parallel import barrier, join_world, sum_over_world, wrap_for_training
 from .run import metrics_record
 
 
@@ -59,17 +61,24 @@ class Trainer:
     they are, so the weights agree up to float reduction order."""
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
-                 progress: bool = True, device: str = "auto", grad_accum: int = 1):
-        self.model_cfg, self.cfg, self.out, self.progress = model_cfg, cfg, Path(out), progress
+                 progress: bool = True, device: str = "auto", grad_accum: int = 1,
+                 parallel: str = "none"):
+        self.model_cfg, self.cfg, self.out = model_cfg, cfg, Path(out)
         if grad_accum < 1 or cfg.batch_size % grad_accum:
             raise ValueError(f"--grad-accum {grad_accum} must be >= 1 and divide --batch-size "
                              f"{cfg.batch_size} (the batch of one update)")
-        self.device, self.grad_accum = resolve_device(device), grad_accum
+        self.world, self.device = join_world(parallel, device)
+        if cfg.batch_size % (grad_accum * self.world.size):
+            raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the "
+                             f"{self.world.size} processes x --grad-accum {grad_accum}")
+        self.grad_accum, self.progress = grad_accum, progress and self.world.is_main
         self.task: Task = make_task(cfg.task, **cfg.task_options)
         torch.manual_seed(cfg.seed)
         self.model = build_task_model(self.task, model_cfg).to(self.device)
         if cfg.compile:
             compile_regions(self.model)
+        # What the training step calls (a DDP wrapper sharing self.model's parameters).
+        self.train_model = wrap_for_training(self.model, parallel, self.device)
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -129,45 +138,42 @@ class Trainer:
         return result
 
     def accumulate_gradients(self, batch: dict, depth: Depth):
-        """Gradients of the mean loss over `batch`, in grad_accum micro-batches on the device;
-        returns the batch's loss and accuracy."""
+        """Gradients of the mean loss over the global `batch`: this process computes its
+        share, in grad_accum micro-batches on its device (DDP then averages over processes).
+        Returns the whole batch's loss and accuracy."""
         self.optimizer.zero_grad(set_to_none=True)
-        size = batch["label"].shape[0]
+        size, world, k = batch["label"].shape[0], self.world, self.grad_accum
+        parts = micro_batches(batch, world.size * k)[world.rank * k:(world.rank + 1) * k]
         total_loss = total_acc = 0.0
-        for part in micro_batches(batch, self.grad_accum):
+        for i, part in enumerate(parts):
             part = to_device(part, self.device)
             share = part["label"].shape[0] / size  # the losses are means over examples
-            with autocast(self.device, self.cfg.bf16):
-                loss, acc = loss_and_accuracy(self.model, part, depth, self.cfg.alpha,
-                                              self.cfg.ponder_cost)
-            (loss * share).backward()
+            last = i == len(parts) - 1  # DDP all-reduces once, after the last micro-batch
+            no_sync = getattr(self.train_model, "no_sync", None)
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                with autocast(self.device, self.cfg.bf16):
+                    loss, acc = loss_and_accuracy(self.train_model, part, depth, self.cfg.alpha,
+                                                  self.cfg.ponder_cost)
+                (loss * share * world.size).backward()
             total_loss, total_acc = total_loss + loss.detach() * share, total_acc + acc * share
-        return total_loss, total_acc
+        return sum_over_world(torch.stack((total_loss, total_acc)), world).tolist()
 
     def fit(self, resume: bool = False) -> dict:
-        cfg, out = self.cfg, self.out
-        out.mkdir(parents=True, exist_ok=True)
+        """Train to cfg.updates. Every process trains; only the main one writes."""
+        cfg, out, main = self.cfg, self.out, self.world.is_main
         if resume:
             self.resume()
-            # A run killed after its last checkpoint logged updates that will be redone.
-            metrics = out / "metrics.jsonl"
-            records = [metrics_record(line) for line in metrics.read_text().splitlines()
-                       if line.strip()]
-            kept = [json.dumps(r) + "\n" for r in records if r["update"] <= self.update]
-            write_text_atomic(metrics, "".join(kept))
-        else:
-            if (out / "latest").exists():
-                raise CheckpointError(f"{out} already holds a run; pass --resume to continue "
-                                      "it, or choose another --out")
-            write_json_atomic(out / "config.json", {"model": self.model_cfg.to_dict(),
-                                                    "train": cfg.to_dict()})
-            (out / "metrics.jsonl").write_text("")
+        elif (out / "latest").exists():
+            raise CheckpointError(f"{out} already holds a run; pass --resume to continue it, "
+                                  "or choose another --out")
+        if main:
+            self._open_run_directory(resume)
         self.model.train()
         # Redraw often on a terminal, rarely in a log file.
         bar = tqdm(total=cfg.updates, initial=self.update, disable=not self.progress,
                    desc=f"train {cfg.task}", dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
-        metrics_file = open(out / "metrics.jsonl", "a")
+        metrics_file = open(out / "metrics.jsonl", "a") if main else None
         last_eval: dict = {}
         start, tokens = time.perf_counter(), 0
         while self.update < cfg.updates:
@@ -181,10 +187,11 @@ class Trainer:
             self.optimizer.step()
             self.update += 1
             tokens += batch["label"].numel() * _tokens_per_example(batch)
-            record = {"update": self.update, "loss": loss.item(), "train_acc": acc.item(),
+            record = {"update": self.update, "loss": loss, "train_acc": acc,
                       "lr": lr_at(cfg, update), "grad_norm": float(grad_norm),
                       "num_steps": depth.total, "max_level": self.max_level}
             if self.update % cfg.eval_every == 0 or self.update == cfg.updates:
+                # Every process evaluates the same sets, so curriculum levels stay in step.
                 last_eval = self.evaluate()
                 record["eval"] = {str(c): a for c, a in last_eval.items()}
                 hardest = last_eval.get(self.max_level, 0.0)
@@ -192,18 +199,35 @@ class Trainer:
                     higher = [c for c in self.levels if c > self.max_level]
                     if higher:
                         self.max_level = higher[0]
-            elapsed = time.perf_counter() - start
-            record["tokens_per_s"] = tokens / elapsed
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            record["tokens_per_s"] = tokens / (time.perf_counter() - start)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.2f}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
-            if self.update % cfg.checkpoint_every == 0 or self.update == cfg.updates:
-                save_checkpoint(out, self.update, self.model, self.state())
+            if main:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                if self.update % cfg.checkpoint_every == 0 or self.update == cfg.updates:
+                    save_checkpoint(out, self.update, self.model, self.state())
         bar.close()
-        metrics_file.close()
+        if main:
+            metrics_file.close()
+        barrier(self.world)  # no process leaves before the last checkpoint is written
         return last_eval
+
+    def _open_run_directory(self, resume: bool) -> None:
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            # A run killed after its last checkpoint logged updates that will be redone.
+            metrics = out / "metrics.jsonl"
+            records = [metrics_record(line) for line in metrics.read_text().splitlines()
+                       if line.strip()]
+            kept = [json.dumps(r) + "\n" for r in records if r["update"] <= self.update]
+            write_text_atomic(metrics, "".join(kept))
+        else:
+            write_json_atomic(out / "config.json", {"model": self.model_cfg.to_dict(),
+                                                    "train": self.cfg.to_dict()})
+            (out / "metrics.jsonl").write_text("")
 
 
 def micro_batches(batch: dict, parts: int) -> list[dict]:

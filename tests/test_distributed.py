@@ -1,0 +1,73 @@
+"""Data-parallel training on 2 CPU processes with gloo: the same global batch per update, the
+same weights as one process, one metrics file, and exact resume."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from loopformer.training.config import TrainConfig
+from loopformer.training.recipes import GRAPH_MODEL
+from loopformer.training.trainer import Trainer
+
+MODEL = GRAPH_MODEL.replace(d_model=32, ffn_hidden=64)
+
+
+def config(updates: int) -> TrainConfig:
+    return TrainConfig(task="graph", updates=updates, batch_size=8, train_examples=64,
+                       eval_examples=16, eval_every=2, checkpoint_every=2, warmup_updates=2,
+                       lr=3e-3, depth_low=2, depth_high=4)
+
+
+def _train(rank, world, port, out, updates, resume):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        Trainer(MODEL, config(updates), out, progress=False, device="cpu",
+                parallel="ddp").fit(resume=resume)
+    finally:
+        dist.destroy_process_group()
+
+
+def train_on_processes(world, out, updates, resume=False):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_train, args=(world, port, out, updates, resume), nprocs=world, join=True)
+
+
+def weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(run / (run / "latest").read_text().strip() / "model.safetensors")
+
+
+def test_two_processes_train_like_one_and_resume(tmp_path):
+    Trainer(MODEL, config(4), tmp_path / "one", progress=False, device="cpu").fit()
+    train_on_processes(2, tmp_path / "two", 4)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["update"] for line in lines] == [1, 2, 3, 4]  # written once
+    losses = [json.loads(line)["loss"] for line in
+              (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [json.loads(line)["loss"] for line in lines] == pytest.approx(losses, rel=1e-4)
+
+    train_on_processes(2, tmp_path / "resumed", 2)
+    train_on_processes(2, tmp_path / "resumed", 4, resume=True)
+    resumed = weights(tmp_path / "resumed")
+    for name, value in two.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_ddp_without_torchrun_says_how_to_launch(tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ValueError, match="launch with `torchrun --nproc-per-node N"):
+        Trainer(MODEL, config(2), tmp_path, progress=False, parallel="ddp")
+    assert not tmp_path.joinpath("config.json").exists()
