@@ -235,3 +235,17 @@ def test_device_choice():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="--device must be one of"):
         resolve_device("tpu")
+
+
+def test_a_trainer_state_carrying_code_is_refused_not_run(tmp_path):
+    Trainer(SMALL_GRAPH, small_config(updates=3), tmp_path, progress=False).fit()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+
+    torch.save({"update": 3, "evil": Payload()}, tmp_path / "ckpt-0000003" / "trainer.pt")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        load_run(tmp_path)
+    assert not marker.exists()

@@ -72,7 +72,8 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module) -> dict:
     path = latest_checkpoint(run_dir)
     try:
         weights = load_file(path / WEIGHTS)
-        state = torch.load(path / TRAINER_STATE, weights_only=False)
+        # Tensors and plain values only: unpickling a shared run directory must not run code.
+        state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which one
         raise CheckpointError(f"checkpoint {path} is corrupt: {error}") from None
     missing, unexpected = model.load_state_dict(weights, strict=False)
