@@ -170,7 +170,7 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
                                   "complexities": levels, "steps": step_list,
                                   "accuracy": grid})
     plot_frontier(png_path, levels, step_list, grid, task.train_complexities,
-                  f"{task.name} ({kind}): accuracy by complexity and thinking steps")
+                  f"{task.name} ({kind})")
     print(f"{task.name}: accuracy by complexity (rows) and thinking steps (columns); "
           f"trained on {list(task.train_complexities)}; {examples} examples per row")
     print(format_grid(levels, step_list, grid))

@@ -9,12 +9,13 @@ from typing import Sequence
 import torch
 
 from ..model.exits import DEFAULT_EXIT_ENTROPY, ExitRule
+from ..tasks.base import to_device
 
 
 def _slice(batch: dict, start: int, end: int, model) -> dict:
     """Examples [start, end) of a batch, on the model's device."""
-    device = next(model.parameters()).device
-    return {k: v[start:end].to(device, non_blocking=True) for k, v in batch.items()}
+    return to_device({k: v[start:end] for k, v in batch.items()},
+                     next(model.parameters()).device)
 
 
 @torch.no_grad()

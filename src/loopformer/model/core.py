@@ -56,7 +56,9 @@ class RecurrentCore(nn.Module):
         s = initial_state if initial_state is not None else init_state(
             self.cfg.state_init, e, self.cfg.noise_std, generator)
         injected = self.injection.prepare(e)
-        running, frozen = _masks(observers, [obs.start(s, depth) for obs in observers])
+        running = frozen = None
+        if observers:
+            running, frozen = _masks(observers, [obs.start(s, depth) for obs in observers])
         grad = torch.is_grad_enabled()
         steps_run = 0
         for t in range(depth.total):
@@ -66,6 +68,8 @@ class RecurrentCore(nn.Module):
                 if frozen is not None:  # stopped tokens keep their state
                     s_next = torch.where(frozen[..., None], s_next, s)
             s, steps_run = s_next, t + 1
+            if not observers:
+                continue
             running, frozen = _masks(observers, [obs.observe(t, s) for obs in observers])
             if not grad and running is not None and not running.any():
                 break

@@ -52,6 +52,11 @@ class Task(ABC):
         return [self.sample(complexities[i % len(complexities)], rng) for i in range(n)]
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A batch's tensors on `device`; host-to-device copies do not block the host."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def left_pad(sequences: Sequence[Sequence[int]], pad: int = 0):
     """Left-pad token lists so that every sequence ends at the last position."""
     width = max(len(s) for s in sequences)

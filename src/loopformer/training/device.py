@@ -36,7 +36,3 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 def has_fused_adamw(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """A batch's tensors on `device`; host-to-device copies do not block the host."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -22,11 +22,12 @@ from ..evaluation.scoring import accuracy_by_steps
 from ..files import write_json_atomic, write_text_atomic
 from ..model.depth import Depth
 from ..tasks import Task, make_task
+from ..tasks.base import to_device
 from ..tasks.interfaces import TaskModel, build_task_model
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .depth import sample_depth
-from .device import autocast, has_fused_adamw, to_device
+from .device import autocast, has_fused_adamw
 from .parallel import barrier, join_world, sum_over_world, wrap_for_training
 from .run import metrics_record
 
@@ -145,11 +146,11 @@ class Trainer:
         size, world, k = batch["label"].shape[0], self.world, self.grad_accum
         parts = micro_batches(batch, world.size * k)[world.rank * k:(world.rank + 1) * k]
         total_loss = total_acc = 0.0
+        no_sync = getattr(self.train_model, "no_sync", None)  # DDP only
         for i, part in enumerate(parts):
             part = to_device(part, self.device)
             share = part["label"].shape[0] / size  # the losses are means over examples
             last = i == len(parts) - 1  # DDP all-reduces once, after the last micro-batch
-            no_sync = getattr(self.train_model, "no_sync", None)
             with contextlib.nullcontext() if last or no_sync is None else no_sync():
                 with autocast(self.device, self.cfg.bf16):
                     loss, acc = loss_and_accuracy(self.train_model, part, depth, self.cfg.alpha,
