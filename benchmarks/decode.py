@@ -88,7 +88,8 @@ def main() -> None:
         start = time.perf_counter()
         train(model, data, args.train_updates)
         print(f"  trained in {time.perf_counter() - start:.0f}s")
-        save_checkpoint(args.out, args.train_updates, model, {"update": args.train_updates})
+        save_checkpoint(args.out, args.train_updates, model.state_dict(),
+                        {"update": args.train_updates})
     model.eval()
 
     held_out = data[int(0.95 * len(data)):]

@@ -1,8 +1,9 @@
-"""Data-parallel training on 2 CPU processes with gloo: the same global batch per update, the
-same weights as one process, one metrics file, and exact resume."""
+"""Data-parallel training on 2 CPU processes with gloo (DDP and FSDP2): the same global batch
+per update, the same weights as one process, one metrics file, and exact resume."""
 
 import json
 import os
+import shutil
 import socket
 
 import pytest
@@ -23,22 +24,23 @@ def config(updates: int) -> TrainConfig:
                        lr=3e-3, depth_low=2, depth_high=4)
 
 
-def _train(rank, world, port, out, updates, resume):
+def _train(rank, world, port, out, updates, resume, parallel, grad_accum):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
-        Trainer(MODEL, config(updates), out, progress=False, device="cpu",
-                parallel="ddp").fit(resume=resume)
+        Trainer(MODEL, config(updates), out, progress=False, device="cpu", parallel=parallel,
+                grad_accum=grad_accum).fit(resume=resume)
     finally:
         dist.destroy_process_group()
 
 
-def train_on_processes(world, out, updates, resume=False):
+def train_on_processes(world, out, updates, parallel, resume=False, grad_accum=1):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_train, args=(world, port, out, updates, resume), nprocs=world, join=True)
+    mp.spawn(_train, args=(world, port, out, updates, resume, parallel, grad_accum),
+             nprocs=world, join=True)
 
 
 def weights(run):
@@ -47,9 +49,10 @@ def weights(run):
     return load_file(run / (run / "latest").read_text().strip() / "model.safetensors")
 
 
-def test_two_processes_train_like_one_and_resume(tmp_path):
+@pytest.mark.parametrize("parallel, grad_accum", [("ddp", 1), ("fsdp", 2)])
+def test_two_processes_train_like_one_and_resume(tmp_path, parallel, grad_accum):
     Trainer(MODEL, config(4), tmp_path / "one", progress=False, device="cpu").fit()
-    train_on_processes(2, tmp_path / "two", 4)
+    train_on_processes(2, tmp_path / "two", 4, parallel, grad_accum=grad_accum)
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name, value in one.items():
         torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
@@ -59,15 +62,23 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
               (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [json.loads(line)["loss"] for line in lines] == pytest.approx(losses, rel=1e-4)
 
-    train_on_processes(2, tmp_path / "resumed", 2)
-    train_on_processes(2, tmp_path / "resumed", 4, resume=True)
+    train_on_processes(2, tmp_path / "resumed", 2, parallel, grad_accum=grad_accum)
+    shutil.copytree(tmp_path / "resumed", tmp_path / "switched")
+    train_on_processes(2, tmp_path / "resumed", 4, parallel, resume=True, grad_accum=grad_accum)
     resumed = weights(tmp_path / "resumed")
     for name, value in two.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
 
+    # The optimiser state is stored by parameter name: one process resumes a 2-process run.
+    Trainer(MODEL, config(4), tmp_path / "switched", progress=False, device="cpu").fit(resume=True)
+    switched = weights(tmp_path / "switched")
+    for name, value in one.items():
+        torch.testing.assert_close(switched[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
-def test_ddp_without_torchrun_says_how_to_launch(tmp_path, monkeypatch):
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_parallel_without_torchrun_says_how_to_launch(tmp_path, monkeypatch, parallel):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(ValueError, match="launch with `torchrun --nproc-per-node N"):
-        Trainer(MODEL, config(2), tmp_path, progress=False, parallel="ddp")
+        Trainer(MODEL, config(2), tmp_path, progress=False, parallel=parallel)
     assert not tmp_path.joinpath("config.json").exists()

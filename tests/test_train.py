@@ -60,7 +60,8 @@ def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypat
         for p in trainer.model.parameters():
             p.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_checkpoint(tmp_path, 4, trainer.model, trainer.state())
+        trainer.update = 4
+        trainer.save()
     assert (tmp_path / "latest").read_text().strip() == "ckpt-0000003"
     _, model, _, _, state = load_run(tmp_path)
     assert state["update"] == 3

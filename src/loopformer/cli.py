@@ -51,7 +51,7 @@ def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed
           halting: Literal["none", "act"] = "none", curriculum: bool | None = None,
           bf16: bool = False, compile: bool = False, batch_size: int | None = None,
           grad_accum: int = 1, device: Literal["auto", "cpu", "cuda", "mps"] = "auto",
-          parallel: Literal["none", "ddp"] = "none",
+          parallel: Literal["none", "ddp", "fsdp"] = "none",
           threads: int | None = None, progress: bool = True) -> None:
     """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
 

@@ -4,7 +4,6 @@ JSON-lines metrics, atomic checkpoints and exact resume."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -24,11 +23,13 @@ from ..model.depth import Depth
 from ..tasks import Task, make_task
 from ..tasks.base import to_device
 from ..tasks.interfaces import TaskModel, build_task_model
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, full_state, load_checkpoint, load_optimizer_state,
+                         save_checkpoint)
 from .config import TrainConfig
 from .depth import sample_depth
 from .device import autocast, has_fused_adamw
-from .parallel import barrier, join_world, sum_over_world, wrap_for_training
+from .parallelize import (barrier, gradient_sync, join_world, parallelize, release_gathered,
+                          sum_over_world)
 from .run import metrics_record
 
 
@@ -78,8 +79,9 @@ class Trainer:
         self.model = build_task_model(self.task, model_cfg).to(self.device)
         if cfg.compile:
             compile_regions(self.model)
-        # What the training step calls (a DDP wrapper sharing self.model's parameters).
-        self.train_model = wrap_for_training(self.model, parallel, self.device)
+        # What the training step calls: self.model, sharded in place (fsdp), or a DDP
+        # wrapper sharing its parameters.
+        self.train_model = parallelize(self.model, parallel, self.device)
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -98,13 +100,18 @@ class Trainer:
         self.update = 0  # optimiser updates done
         self._full_batch: tuple[int, dict] | None = None
 
-    def state(self) -> dict:
-        return {"update": self.update, "optimizer": self.optimizer.state_dict(),
-                "max_level": self.max_level, "torch_rng": torch.get_rng_state()}
+    def save(self) -> None:
+        """A checkpoint of the full weights and optimiser state. Every process calls this
+        (FSDP gathers the shards); only the main one writes."""
+        weights, optimizer = full_state(self.model, self.optimizer)
+        if self.world.is_main:
+            save_checkpoint(self.out, self.update, weights, {
+                "update": self.update, "optimizer": optimizer, "max_level": self.max_level,
+                "torch_rng": torch.get_rng_state()})
 
     def resume(self) -> None:
         state = load_checkpoint(self.out, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         # loopformer 0.1 stored the update count as "step".
         self.update = state["update"] if "update" in state else state["step"]
         self.max_level = state["max_level"]
@@ -146,17 +153,17 @@ class Trainer:
         size, world, k = batch["label"].shape[0], self.world, self.grad_accum
         parts = micro_batches(batch, world.size * k)[world.rank * k:(world.rank + 1) * k]
         total_loss = total_acc = 0.0
-        no_sync = getattr(self.train_model, "no_sync", None)  # DDP only
         for i, part in enumerate(parts):
             part = to_device(part, self.device)
             share = part["label"].shape[0] / size  # the losses are means over examples
-            last = i == len(parts) - 1  # DDP all-reduces once, after the last micro-batch
-            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            # Gradients are reduced over processes once, after the last micro-batch.
+            with gradient_sync(self.train_model, enabled=i == len(parts) - 1):
                 with autocast(self.device, self.cfg.bf16):
                     loss, acc = loss_and_accuracy(self.train_model, part, depth, self.cfg.alpha,
                                                   self.cfg.ponder_cost)
                 (loss * share * world.size).backward()
             total_loss, total_acc = total_loss + loss.detach() * share, total_acc + acc * share
+        release_gathered(self.model)
         return sum_over_world(torch.stack((total_loss, total_acc)), world).tolist()
 
     def fit(self, resume: bool = False) -> dict:
@@ -207,8 +214,8 @@ class Trainer:
             if main:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
-                if self.update % cfg.checkpoint_every == 0 or self.update == cfg.updates:
-                    save_checkpoint(out, self.update, self.model, self.state())
+            if self.update % cfg.checkpoint_every == 0 or self.update == cfg.updates:
+                self.save()
         bar.close()
         if main:
             metrics_file.close()
