@@ -58,3 +58,50 @@ def test_corrupt_run_directory(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{broken")
     code, _, err = run_cli(["frontier", str(tmp_path)], capsys)
     assert code == 2 and "corrupt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_config_field_is_a_flag_and_reaches_the_run(tmp_path, capsys):
+    import dataclasses
+
+    from loopformer.config import ModelConfig
+    from loopformer.training.config import TrainConfig
+
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    for prefix, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        for field in dataclasses.fields(cls):
+            assert f"--{prefix}.{field.name.replace('_', '-')}" in out, field.name
+    run = tmp_path / "run"
+    main(["train", "--updates", "2", "--out", str(run), "--no-progress", "--model.d-model",
+          "32", "--model.ffn-hidden", "64", "--train.lr", "0.002", "--train.betas", "0.8",
+          "0.9", "--seed", "3"])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["d_model"] == 32 and saved["model"]["ffn_hidden"] == 64
+    assert saved["train"]["lr"] == 0.002 and saved["train"]["betas"] == [0.8, 0.9]
+    assert saved["train"]["seed"] == 3 and saved["train"]["updates"] == 2
+    assert saved["model"]["injection"] == "gated"  # the rest from the graph recipe
+
+    # A run's config.json repeats it exactly.
+    main(["train", "--config", str(run / "config.json"), "--out", str(tmp_path / "again"),
+          "--no-progress"])
+    weights = "ckpt-0000002/model.safetensors"
+    assert (run / weights).read_bytes() == (tmp_path / "again" / weights).read_bytes()
+
+
+@pytest.mark.parametrize("args, config, message", [
+    (["--model.wings", "3"], None, "unknown flag '--model.wings'"),
+    ([], {"model": {"wings": 3}}, "unknown ModelConfig fields ['wings']"),
+    ([], {"optimizer": {}}, "unknown keys ['optimizer']"),
+    (["--updates", "3", "--train.updates", "5"], None, "--updates 3 and --train.updates 5"),
+    (["--model.n-heads", "3"], None, "ModelConfig.n_heads must divide d_model"),
+    (["--parallel", "fsdp"], None, "launch with `torchrun --nproc-per-node N"),
+])
+def test_bad_train_input_writes_nothing(args, config, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    if config is not None:
+        (tmp_path / "c.json").write_text(json.dumps(config))
+        args = [*args, "--config", str(tmp_path / "c.json")]
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "--out", str(out), *args], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -14,8 +14,9 @@ ALLOWED = {
     "tasks": {"model", "config"},
     "evaluation": {"model", "tasks", "config"},
     "training": {"model", "tasks", "evaluation", "compile", "config", "files"},
+    "train_cli": {"config", "training"},
     "cli": set(ALL := {"config", "files", "model", "generation", "compile", "tasks",
-                       "evaluation", "training", "flops", "memory"}),
+                       "evaluation", "training", "flops", "memory", "train_cli"}),
     "__init__": ALL, "__main__": {"cli"},
 }
 # Thin methods that call the layer above them at call time (and say so in the code).

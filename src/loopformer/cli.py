@@ -14,6 +14,7 @@ from tyro.conf import Positional
 from .config import ModelConfig
 from .files import write_json_atomic
 from .model.lm import LoopLM
+from .train_cli import TrainFlags, train
 from .training.checkpoint import CheckpointError
 
 
@@ -41,95 +42,6 @@ def demo(preset: str = "tiny", injection: Literal["add", "concat", "lti", "gated
             print(f"{num_steps:>6} {ms:>11.1f} {change:>19}  {tokens[0, prompt_len:].tolist()}")
             previous = logits
     print("Same weights, same prompt: only num_steps, chosen at call time, changed the output.")
-
-
-def train(task: str = "graph", preset: Literal["paper", "quick"] = "quick", seed: int = 0,
-          out: Path = Path("runs/graph-quick"), resume: bool = False, updates: int | None = None,
-          alpha: float | None = None, weight_decay: float | None = None,
-          train_depth: tuple[int, int] | None = None,
-          baseline: Literal["none", "param", "compute"] = "none",
-          halting: Literal["none", "act"] = "none", curriculum: bool | None = None,
-          bf16: bool = False, compile: bool = False, batch_size: int | None = None,
-          grad_accum: int = 1, device: Literal["auto", "cpu", "cuda", "mps"] = "auto",
-          parallel: Literal["none", "ddp", "fsdp"] = "none",
-          threads: int | None = None, progress: bool = True) -> None:
-    """Train a task model with a named recipe; writes config.json, metrics.jsonl, checkpoints.
-
-    Args:
-        task: graph | logic | family | chains | modarith.
-        preset: quick (minutes on a laptop CPU) or paper (the source paper's size).
-        seed: seeds the data, the initialisation and the depth sampler.
-        out: the run directory.
-        resume: continue the run in --out from its newest checkpoint with its stored
-            configuration (the other recipe flags are then ignored); without a run there,
-            start one.
-        updates: optimiser updates (default: the recipe's).
-        alpha: per-step supervision weight; 0 = loss on the final step only.
-        weight_decay: AdamW weight decay (default: the recipe's).
-        train_depth: LOW HIGH: core steps per batch from U{LOW..HIGH}; fixed when LOW == HIGH.
-        baseline: train the fixed-depth model without recurrence instead: one untied copy of
-            the core (param: same parameters) or as many as the mean training depth (compute).
-        halting: act adds a learned halting unit (ACT) with its ponder cost.
-        curriculum: raise the training complexity once the hardest level is solved.
-        bf16: bf16 autocast.
-        compile: torch.compile the repeated regions (one core step, prelude, coda).
-        batch_size: examples in one update (default: the recipe's), whatever --grad-accum.
-        grad_accum: split each update's batch into this many micro-batches (less memory,
-            same update up to float rounding); may change on --resume.
-        device: auto (cuda, then mps, then cpu), cpu, cuda or mps; may change on --resume.
-        parallel: ddp trains on the processes started by torchrun (DistributedDataParallel;
-            nccl on CUDA, gloo on CPU); --batch-size stays the global batch.
-        threads: torch CPU threads.
-        progress: show a progress bar.
-    """
-    from .training.recipes import recipe
-    from .training.run import load_config
-    from .training.trainer import Trainer
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if resume and (out / "config.json").is_file():
-        model_cfg, train_cfg = load_config(out)
-        print(f"resuming {out} ({train_cfg.task}, {train_cfg.updates} updates)")
-    else:
-        resume = False
-        model_cfg, train_cfg = recipe(task, preset)
-        changes = {"seed": seed}
-        if updates is not None:
-            changes["updates"] = updates
-        if batch_size is not None:
-            changes["batch_size"] = batch_size
-        if alpha is not None:
-            changes["alpha"] = alpha
-        if weight_decay is not None:
-            changes["weight_decay"] = weight_decay
-        if curriculum is not None:
-            changes["curriculum"] = curriculum
-        if bf16:
-            changes["bf16"] = True
-        if compile:
-            changes["compile"] = True
-        if train_depth is not None:  # a fixed training depth when both numbers agree
-            low, high = train_depth
-            changes.update(depth="fixed" if low == high else "uniform", depth_low=low,
-                           depth_high=high, depth_mean=(low + high) / 2)
-        train_cfg = train_cfg.replace(**changes)
-        if baseline != "none":
-            depth = 1 if baseline == "param" else round(
-                train_cfg.depth_mean if train_cfg.depth != "uniform"
-                else (train_cfg.depth_low + train_cfg.depth_high) / 2)
-            model_cfg = model_cfg.replace(core="fixed", fixed_depth=depth)
-        if halting == "act":  # ACT halts within the largest training depth
-            model_cfg = model_cfg.replace(halting="act", mean_steps=train_cfg.depth_high)
-    trainer = Trainer(model_cfg, train_cfg, out, progress=progress, device=device,
-                      grad_accum=grad_accum, parallel=parallel)
-    start = time.perf_counter()
-    result = trainer.fit(resume=resume)
-    if not trainer.world.is_main:
-        return
-    print(f"trained {trainer.model.num_parameters():,} parameters for {trainer.update} updates in "
-          f"{time.perf_counter() - start:.0f}s; eval accuracy by complexity: "
-          + ", ".join(f"{c}: {a:.3f}" for c, a in result.items()))
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -236,13 +148,17 @@ def curves(run_dir: Positional[Path]) -> None:
     print(f"wrote {plot_curves(records, Path(run_dir) / 'curves.png', str(run_dir))}")
 
 
-COMMANDS = {"train": train, "frontier": frontier, "adaptive": adaptive, "curves": curves,
+COMMANDS = {"train": TrainFlags, "frontier": frontier, "adaptive": adaptive, "curves": curves,
             "demo": demo}
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="loopformer")
+        if argv[:1] == ["train"]:  # its defaults depend on its own --task/--preset/--config
+            train(argv[1:])
+        else:
+            tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="loopformer")
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"loopformer: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -50,45 +50,62 @@ class ModelConfig(DictConfig):
     """Shape and variant of a recurrent-depth model: prelude -> core looped T times -> coda."""
 
     vocab_size: int = 256
+    """Token ids 0..vocab_size-1 (embedding rows and output logits)."""
     d_model: int = 128
+    """Width of the residual stream and of the recurrent state."""
     n_heads: int = 4
+    """Query heads per attention layer; must divide d_model."""
     n_kv_heads: int | None = None
     """Key/value heads for grouped-query attention; None means n_heads (plain multi-head)."""
     ffn_hidden: int | None = None
     """SwiGLU hidden width; None means 8/3 * d_model rounded up to a multiple of 64."""
     n_prelude: int = 1
+    """Blocks run once before the loop: embeddings -> e, injected at every step."""
     n_core: int = 2
+    """Blocks in the recurrent core, the unit looped T times."""
     n_coda: int = 1
+    """Blocks run once after the loop, before the readout."""
     injection: Injection = "concat"
+    """How e re-enters each step: add, concat (Huginn), lti (bounded update) or gated (Chen)."""
     state_init: StateInit = "zeros"
+    """The state s_0 before the first step: zeros, embed (= e) or noise (Huginn)."""
     noise_std: float = 0.632
     """Std of the truncated-normal (+-3 std) state for state_init='noise' (Huginn: sqrt(2/5))."""
     step_embedding: StepEmbedding = "none"
+    """Tell each step its index t: none, learned or sinusoidal."""
     max_step_embeddings: int = 64
     """Rows of the learned step table; steps beyond it reuse the last row."""
     layer_scale_init: float | None = None
     """Per-channel gamma on each attention/FFN branch (Chen 2026 uses 1e-4); None disables it."""
     norm: NormPlacement = "pre"
+    """Norm placement in a block: pre (GPT-2) or sandwich (Huginn: before and after)."""
     causal: bool = True
+    """Causal attention mask (language models); off for bidirectional tasks."""
     rope: bool = True
     """Rotary position embedding; off for inputs whose order carries no meaning (graph nodes)."""
     core: CoreKind = "recurrent"
     """'recurrent' loops the shared core; 'fixed' is the no-recurrence baseline: fixed_depth
     untied copies of the core, each applied once, whatever num_steps says."""
     fixed_depth: int = 8
+    """core='fixed' only: the number of untied copies of the core."""
     halting: Halting = "none"
     """'act': a learned halting unit weights the step states (Adaptive Computation Time)."""
     halt_threshold: float = 0.99
     """ACT halts a token once its summed halting probability passes this (1 - eps)."""
     halt_min_steps: int = 1
+    """ACT never halts a token before this many steps."""
     max_seq_len: int = 512
+    """Longest sequence (RoPE table size and cache capacity)."""
     mean_steps: int = 8
     """Default number of core steps when a call does not say."""
     rope_theta: float = 10000.0
+    """RoPE base frequency."""
     norm_eps: float = 1e-6
+    """RMSNorm epsilon."""
     gate_bias_init: float = -2.0
     """Update-gate bias for injection='gated': sigmoid(-2) keeps ~88% of the state per step."""
     init_std: float = 0.02
+    """Std of the normal initialisation of linear and embedding weights."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "n_core", "max_seq_len", "mean_steps",

@@ -18,21 +18,37 @@ LEGACY_FIELDS = {"steps": "updates", "warmup_steps": "warmup_updates"}
 @dataclass(frozen=True)
 class TrainConfig(DictConfig):
     task: str = "graph"
-    task_options: dict = dataclasses.field(default_factory=dict)
+    """The task: graph | logic | family | chains | modarith."""
+    task_options: dict[str, int | float | str] = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the task's generator, e.g. modulus 97 (modarith)."""
     seed: int = 0
+    """Seeds the data, the initialisation and the depth sampler."""
     updates: int = 2000
+    """Optimiser updates."""
     batch_size: int = 64
+    """Examples in one update, over all processes and micro-batches (the global batch)."""
     train_examples: int = 12_000
+    """Size of the generated training set."""
     lr: float = 3e-4
+    """Peak AdamW learning rate."""
     weight_decay: float = 1e-2
+    """AdamW weight decay on matrices (grokking needs about 1.0)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
     warmup_updates: int = 100
+    """Linear warmup of the learning rate over this many updates."""
     min_lr_ratio: float = 0.1
+    """The cosine schedule decays to min_lr_ratio * lr."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this."""
     depth: Literal["fixed", "uniform", "poisson-lognormal", "poisson"] = "uniform"
+    """Core steps per update: fixed, uniform U{low..high}, poisson, poisson-lognormal (Huginn)."""
     depth_low: int = 5
+    """Fewest core steps an update draws."""
     depth_high: int = 8
+    """Most core steps an update draws."""
     depth_mean: float = 6.5
+    """Mean core steps of the poisson samplers."""
     backprop_steps: int | None = None
     """Truncated backprop through the last k steps (Huginn: 8); None = through all steps."""
     alpha: float = 0.0
@@ -40,15 +56,21 @@ class TrainConfig(DictConfig):
     ponder_cost: float = 0.01
     """ACT only: weight of the ponder cost mean(N + R) in the loss (Universal Transformers)."""
     curriculum: bool = False
+    """Start on the two easiest levels; add one once the hardest is solved."""
     curriculum_threshold: float = 0.95
+    """Held-out accuracy on the hardest level that adds the next one."""
     bf16: bool = False
+    """bf16 autocast on the training device."""
     compile: bool = False
     """torch.compile the model's repeated regions (loopformer.compile.compile_regions)."""
     eval_every: int = 250
+    """Evaluate the held-out sets every this many updates."""
     eval_examples: int = 256
+    """Held-out examples per complexity level."""
     eval_steps: int | None = None
     """Core steps used for periodic evaluation; None = depth_high."""
     checkpoint_every: int = 250
+    """Write a checkpoint every this many updates (and after the last)."""
 
     def __post_init__(self):
         for name in ("updates", "batch_size", "train_examples", "eval_every", "eval_examples",
