@@ -16,3 +16,18 @@ def test_training_rows_and_pairwise_ratios():
 def test_decode_rows_report_a_speed_up():
     rows = decode_rows(tiny_model().cfg, context=8, new=2, repeats=1)
     assert len(rows) == 3 and rows[2]["cache speed-up"] > 0
+
+
+def test_fsdp_gathers_the_looped_core_once_whatever_the_depth():
+    """The core stays gathered across the loop and its backward: the collectives of an update
+    (counted by the profiler on 2 gloo processes) do not grow with the number of steps, and
+    match the formula the paper extrapolation uses."""
+    from benchmarks.comm import (WORLD, measure_collectives, predicted_wire_bytes, unit_params,
+                                 wire_bytes)
+
+    cfg = tiny_config(max_seq_len=128)
+    shallow = measure_collectives(cfg, 2, "fsdp", updates=1)
+    deep = measure_collectives(cfg, 6, "fsdp", updates=1)
+    assert shallow == deep
+    predicted = predicted_wire_bytes(**unit_params(cfg), parallel="fsdp", world=WORLD)
+    assert abs(wire_bytes(deep, "fsdp") - predicted) < 0.01 * predicted  # shard padding

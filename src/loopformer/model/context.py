@@ -67,7 +67,8 @@ def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length:
     common = dict(positions=positions, token_mask=new_mask, writer=writer)
 
     keys = new_mask if not past else torch.cat((cache.key_mask, new_mask), dim=1)
-    padded = not bool(keys.all())
+    # Without a mask or a cache nothing is padded: no need to read the mask back (a device sync).
+    padded = (attention_mask is not None or past > 0) and not bool(keys.all())
     if not padded and structure_mask is None:
         if past == 0:
             return AttentionContext(cos, sin, None, causal, **common)

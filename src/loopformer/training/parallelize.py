@@ -72,8 +72,10 @@ def parallelize(model: nn.Module, parallel: str, device: torch.device) -> nn.Mod
     parameters; fsdp: `model` itself, sharded in place. Either way the optimiser, evaluation
     and checkpoints use `model`."""
     if parallel == "ddp":
+        # The only buffers are the RoPE tables, equal everywhere by construction: broadcasting
+        # them before every forward (DDP's default; measured by benchmarks.comm) is overhead.
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                       else None)
+                                       else None, forward_sync_buffers=False)
     if parallel == "fsdp":
         shard(model)
     return model
