@@ -7,6 +7,9 @@ Every architectural variant of a recurrent-depth transformer is one field of `Mo
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,17 +20,22 @@ NormPlacement = Literal["pre", "sandwich"]
 CoreKind = Literal["recurrent", "fixed"]
 Halting = Literal["none", "act"]
 
-INJECTIONS = ("add", "concat", "lti", "gated")
-STATE_INITS = ("zeros", "embed", "noise")
-STEP_EMBEDDINGS = ("none", "learned", "sinusoidal")
-NORMS = ("pre", "sandwich")
-CORES = ("recurrent", "fixed")
-HALTINGS = ("none", "act")
 
 
 class DictConfig:
     """replace / to_dict / from_dict for a frozen config dataclass; from_dict names any
-    unknown field."""
+    unknown field; check_types rejects a value of the wrong type naming the field."""
+
+    def check_types(self) -> None:
+        """Every field against its annotation: an int field takes an int (not a bool, float
+        or string), a float field a finite int or float, a bool field a bool, a Literal one
+        of its values, an optional field also None; tuples and dicts element by element."""
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not _fits(value, hints[field.name]):
+                raise ValueError(f"{type(self).__name__}.{field.name} must be "
+                                 f"{_describe(hints[field.name])}, got {value!r}")
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -108,6 +116,7 @@ class ModelConfig(DictConfig):
     """Std of the normal initialisation of linear and embedding weights."""
 
     def __post_init__(self) -> None:
+        self.check_types()
         for name in ("vocab_size", "d_model", "n_heads", "n_core", "max_seq_len", "mean_steps",
                      "max_step_embeddings", "fixed_depth", "halt_min_steps"):
             _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
@@ -121,12 +130,6 @@ class ModelConfig(DictConfig):
                  f"must be >= 1 and divide n_heads={self.n_heads}, got {self.n_kv_heads}")
         _require(self.ffn_hidden is None or self.ffn_hidden >= 1, "ffn_hidden",
                  f"must be >= 1 or None, got {self.ffn_hidden}")
-        _require_choice(self.injection, "injection", INJECTIONS)
-        _require_choice(self.state_init, "state_init", STATE_INITS)
-        _require_choice(self.step_embedding, "step_embedding", STEP_EMBEDDINGS)
-        _require_choice(self.norm, "norm", NORMS)
-        _require_choice(self.core, "core", CORES)
-        _require_choice(self.halting, "halting", HALTINGS)
         _require(0 < self.halt_threshold < 1, "halt_threshold",
                  f"must lie in (0, 1), got {self.halt_threshold}")
         _require(self.layer_scale_init is None or self.layer_scale_init > 0, "layer_scale_init",
@@ -159,13 +162,50 @@ class ModelConfig(DictConfig):
         return PRESETS[name].replace(**overrides)
 
 
+def _fits(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, tuple) and len(value) == len(args) and \
+            all(_fits(v, a) for v, a in zip(value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # inf and nan make no sense in any float field of ours
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "None"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return f"a tuple of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    if origin is dict:
+        return f"a dict of {_describe(args[0])} -> {_describe(args[1])}"
+    return {int: "an int", float: "a finite number", bool: "true or false",
+            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
 def _require(ok: bool, field: str, message: str) -> None:
     if not ok:
         raise ValueError(f"ModelConfig.{field} {message}")
 
-
-def _require_choice(value: str, field: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, field, f"must be one of {choices}, got {value!r}")
 
 
 PRESETS: dict[str, ModelConfig] = {

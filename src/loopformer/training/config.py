@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import DictConfig
+from ..tasks import TASKS
 
 # Field names of run directories written before the rename (loopformer 0.1).
 LEGACY_FIELDS = {"steps": "updates", "warmup_steps": "warmup_updates"}
@@ -73,6 +74,9 @@ class TrainConfig(DictConfig):
     """Write a checkpoint every this many updates (and after the last)."""
 
     def __post_init__(self):
+        self.check_types()
+        if self.task not in TASKS:
+            raise ValueError(f"TrainConfig.task must be one of {sorted(TASKS)}, got {self.task!r}")
         for name in ("updates", "batch_size", "train_examples", "eval_every", "eval_examples",
                      "checkpoint_every", "depth_low"):
             if getattr(self, name) < 1:
@@ -80,6 +84,21 @@ class TrainConfig(DictConfig):
         if self.depth_high < self.depth_low:
             raise ValueError(f"TrainConfig.depth_high ({self.depth_high}) must be >= depth_low "
                              f"({self.depth_low})")
+        for name in ("lr", "grad_clip", "depth_mean"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("seed", "warmup_updates", "weight_decay", "ponder_cost"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must lie in [0, 1), got {self.betas}")
+        for name in ("min_lr_ratio", "curriculum_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"TrainConfig.{name} must lie in [0, 1], got "
+                                 f"{getattr(self, name)}")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ValueError(f"TrainConfig.eval_steps must be >= 1 or None, got "
+                             f"{self.eval_steps}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"TrainConfig.alpha must lie in [0, 1], got {self.alpha}")
         if self.backprop_steps is not None and self.backprop_steps < 1:
