@@ -24,7 +24,8 @@ Halting = Literal["none", "act"]
 
 class DictConfig:
     """replace / to_dict / from_dict for a frozen config dataclass; from_dict names any
-    unknown field; check_types rejects a value of the wrong type naming the field."""
+    unknown field; check_types rejects a value of the wrong type naming the field (and makes
+    an int given for a float field a float)."""
 
     def check_types(self) -> None:
         """Every field against its annotation: an int field takes an int (not a bool, float
@@ -36,6 +37,9 @@ class DictConfig:
             if not _fits(value, hints[field.name]):
                 raise ValueError(f"{type(self).__name__}.{field.name} must be "
                                  f"{_describe(hints[field.name])}, got {value!r}")
+            takes_float = float in (hints[field.name], *typing.get_args(hints[field.name]))
+            if takes_float and isinstance(value, int):  # JSON's 1 for 1.0: keep tensors float
+                object.__setattr__(self, field.name, float(value))
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
