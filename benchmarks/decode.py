@@ -19,7 +19,7 @@ import torch
 
 from loopformer import KVCache, LoopLM, ModelConfig
 from loopformer.files import write_json_atomic
-from loopformer.training.checkpoint import load_checkpoint, save_checkpoint
+from loopformer.training.checkpoint import load_weights, save_checkpoint
 
 from .common import measure, print_table
 
@@ -80,7 +80,7 @@ def main() -> None:
     model = LoopLM(MODEL)
     args.out.mkdir(parents=True, exist_ok=True)
     if (args.out / "latest").exists():
-        load_checkpoint(args.out, model)
+        load_weights(args.out, model)
         print(f"loaded the trained model from {args.out}")
     else:
         print(f"training a {model.num_parameters():,}-parameter byte LM on {len(data):,} bytes "

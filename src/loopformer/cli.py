@@ -12,10 +12,10 @@ import tyro
 from tyro.conf import Positional
 
 from .config import ModelConfig
-from .files import write_json_atomic
+from .files import DirectoryInUse, write_json_atomic
 from .model.lm import LoopLM
 from .train_cli import TrainFlags, train
-from .training.checkpoint import CheckpointError
+from .training.trainer import TrainingDiverged
 
 
 def demo(preset: str = "tiny", injection: Literal["add", "concat", "lti", "gated"] = "concat",
@@ -68,7 +68,7 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
     step_list = _int_list(steps, "--steps")
     if examples < 1:
         raise ValueError(f"--examples must be >= 1, got {examples}")
-    task, model, model_cfg, train_cfg, _ = load_run(run_dir)
+    task, model, model_cfg, train_cfg = load_run(run_dir)
     levels = _int_list(complexities, "--complexities") if complexities else \
         list(task.test_complexities)
     for c in levels:
@@ -118,7 +118,7 @@ def adaptive(run_dir: Positional[Path],
             chosen[name] = float(value)
         except ValueError:
             raise ValueError(f"--thresholds wants NAME=NUMBER, got {item!r}") from None
-    task, model, _, train_cfg, _ = load_run(run_dir)
+    task, model, _, train_cfg = load_run(run_dir)
     levels = _int_list(complexities, "--complexities") if complexities else \
         list(task.test_complexities)
     start = time.perf_counter()
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             train(argv[1:])
         else:
             tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="loopformer")
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
+    except (ValueError, OSError, DirectoryInUse, TrainingDiverged) as error:
         print(f"loopformer: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -79,9 +79,15 @@ class TrainFlags:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def parse_train_flags(argv: list[str]) -> TrainFlags:
+# Flags that say how a run executes, not what it computes: they apply on --resume too.
+RUN_FLAGS = {"out", "resume", "grad_accum", "device", "parallel", "threads", "progress",
+             "config"}
+
+
+def parse_train_flags(argv: list[str]) -> tuple[TrainFlags, set[str]]:
     """The flags of `argv`, with the model and training configs they describe in .model and
-    .train. Unknown flags and config keys are errors that name them."""
+    .train, and the names of the options given a value other than their default. Unknown
+    flags and config keys are errors that name them."""
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--task")
     early.add_argument("--preset", default="quick")
@@ -102,7 +108,12 @@ def parse_train_flags(argv: list[str]) -> TrainFlags:
     if unknown:
         raise ValueError(f"unknown flag {unknown[0]!r} for `loopformer train`; "
                          "`loopformer train --help` lists every flag")
-    return apply_shorthands(flags, train_cfg)
+    given = {name for name in vars(flags) if name not in ("model", "train")
+             and getattr(flags, name) != getattr(defaults, name)}
+    for section in ("model", "train"):
+        given |= {f"{section}.{k}" for k, v in getattr(flags, section).to_dict().items()
+                  if v != getattr(defaults, section).to_dict()[k]}
+    return apply_shorthands(flags, train_cfg), given
 
 
 def _box_text(box: str) -> str:
@@ -175,16 +186,16 @@ def apply_shorthands(flags: TrainFlags, base_train: TrainConfig) -> TrainFlags:
 def train(argv: list[str]) -> None:
     """`loopformer train ...`"""
     from .training.parallelize import leave_world
-    from .training.run import load_config
     from .training.trainer import Trainer
 
-    flags = parse_train_flags(argv)
+    flags, given = parse_train_flags(argv)
+    if flags.threads is not None and flags.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {flags.threads}")
     if flags.threads is not None:
         torch.set_num_threads(flags.threads)
     model_cfg, train_cfg, resume = flags.model, flags.train, flags.resume
     if resume and (flags.out / "config.json").is_file():
-        model_cfg, train_cfg = load_config(flags.out)
-        print(f"resuming {flags.out} ({train_cfg.task}, {train_cfg.updates} updates)")
+        model_cfg, train_cfg = resumed_configs(flags, given)
     else:
         resume = False
     try:
@@ -199,3 +210,22 @@ def train(argv: list[str]) -> None:
         print(f"trained {trainer.model.num_parameters():,} parameters for {trainer.update} "
               f"updates in {time.perf_counter() - start:.0f}s; eval accuracy by complexity: "
               + ", ".join(f"{c}: {a:.3f}" for c, a in result.items()))
+
+
+def resumed_configs(flags: TrainFlags, given: set[str]):
+    """A resumed run keeps its stored configuration; --updates (or --train.updates) extends
+    or shortens it, and every other configuration flag given is named as ignored."""
+    from .training.run import load_config
+
+    model_cfg, train_cfg = load_config(flags.out)
+    updates = flags.train.updates if given & {"updates", "train.updates"} else train_cfg.updates
+    ignored = sorted(given - {"updates", "train.updates"} - RUN_FLAGS)
+    if ignored:
+        print(f"resuming {flags.out} with its stored configuration; ignoring "
+              + ", ".join(f"--{name.replace('_', '-')}" for name in ignored))
+    if updates != train_cfg.updates:
+        print(f"resuming {flags.out}: {train_cfg.updates} -> {updates} updates (the "
+              "learning-rate schedule is stretched to the new length)")
+        train_cfg = train_cfg.replace(updates=updates)
+    print(f"resuming {flags.out} ({train_cfg.task}, {train_cfg.updates} updates)")
+    return model_cfg, train_cfg

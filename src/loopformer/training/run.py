@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import ModelConfig
 from ..tasks import Task, make_task
 from ..tasks.interfaces import TaskModel, build_task_model
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_weights
 from .config import TrainConfig
 
 
@@ -27,13 +27,14 @@ def load_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
     return model_cfg, train_cfg
 
 
-def load_run(run_dir: Path) -> tuple[Task, TaskModel, ModelConfig, TrainConfig, dict]:
-    """A trained run: its task, model (newest weights), configs and trainer state."""
+def load_run(run_dir: Path) -> tuple[Task, TaskModel, ModelConfig, TrainConfig]:
+    """A trained run for evaluation: its task, model (newest weights) and configs. Reads
+    config.json and model.safetensors only, never the trainer state."""
     model_cfg, train_cfg = load_config(run_dir)
     task = make_task(train_cfg.task, **train_cfg.task_options)
     model = build_task_model(task, model_cfg)
-    state = load_checkpoint(run_dir, model)
-    return task, model.eval(), model_cfg, train_cfg, state
+    load_weights(run_dir, model, model_cfg.to_dict())
+    return task, model.eval(), model_cfg, train_cfg
 
 
 def metrics_record(line: str) -> dict:
@@ -46,7 +47,19 @@ def metrics_record(line: str) -> dict:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of metrics.jsonl. A torn last line (a kill or a full disk mid-write) is
+    dropped; damage anywhere else is an error naming the line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a loopformer run?")
-    return [metrics_record(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(metrics_record(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise CheckpointError(f"{path} line {number} is not a JSON record; remove it "
+                                  "to continue") from None
+    return records

@@ -4,7 +4,7 @@ JSON-lines metrics, atomic checkpoints and exact resume."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import sys
 import time
@@ -18,19 +18,22 @@ from tqdm import tqdm
 from ..compile import compile_regions
 from ..config import ModelConfig
 from ..evaluation.scoring import accuracy_by_steps
-from ..files import write_json_atomic, write_text_atomic
 from ..model.depth import Depth
 from ..tasks import Task, make_task
 from ..tasks.base import to_device
 from ..tasks.interfaces import TaskModel, build_task_model
-from .checkpoint import (CheckpointError, full_state, load_checkpoint, load_optimizer_state,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, full_state, has_checkpoint, load_checkpoint,
+                         load_optimizer_state, save_checkpoint)
 from .config import TrainConfig
 from .depth import sample_depth
 from .device import autocast, has_fused_adamw
 from .parallelize import (barrier, gradient_sync, join_world, parallelize, release_gathered,
                           sum_over_world)
-from .run import metrics_record
+from .rundir import RunWriter
+
+
+class TrainingDiverged(ArithmeticError):
+    """A non-finite loss or gradient norm: training stops before applying it."""
 
 
 def lr_at(cfg: TrainConfig, update: int) -> float:
@@ -107,10 +110,10 @@ class Trainer:
         if self.world.is_main:
             save_checkpoint(self.out, self.update, weights, {
                 "update": self.update, "optimizer": optimizer, "max_level": self.max_level,
-                "torch_rng": torch.get_rng_state()})
+                "torch_rng": torch.get_rng_state()}, self.model_cfg.to_dict())
 
     def resume(self) -> None:
-        state = load_checkpoint(self.out, self.model)
+        state = load_checkpoint(self.out, self.model, self.model_cfg.to_dict())
         load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         # loopformer 0.1 stored the update count as "step".
         self.update = state["update"] if "update" in state else state["step"]
@@ -167,21 +170,33 @@ class Trainer:
         return sum_over_world(torch.stack((total_loss, total_acc)), world).tolist()
 
     def fit(self, resume: bool = False) -> dict:
-        """Train to cfg.updates. Every process trains; only the main one writes."""
-        cfg, out, main = self.cfg, self.out, self.world.is_main
-        if resume:
-            self.resume()
-        elif (out / "latest").exists():
-            raise CheckpointError(f"{out} already holds a run; pass --resume to continue it, "
-                                  "or choose another --out")
-        if main:
-            self._open_run_directory(resume)
+        """Train to cfg.updates. Every process trains; only the main one writes, holding the
+        run directory's lock. A resumed run without a checkpoint yet starts from update 0."""
+        main = self.world.is_main
+        with RunWriter(self.out) if main else contextlib.nullcontext() as writer:
+            if resume and not has_checkpoint(self.out):
+                if main:
+                    print(f"{self.out} has no checkpoint yet: starting it from update 0")
+                resume = False
+            if resume:
+                self.resume()
+            elif has_checkpoint(self.out):
+                raise CheckpointError(f"{self.out} already holds a run; pass --resume to "
+                                      "continue it, or choose another --out")
+            if main:
+                writer.start({"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()},
+                             self.update if resume else None)
+            result = self._train(writer)
+        barrier(self.world)  # no process leaves before the last checkpoint is written
+        return result
+
+    def _train(self, writer: RunWriter | None) -> dict:
+        cfg = self.cfg
         self.model.train()
         # Redraw often on a terminal, rarely in a log file.
         bar = tqdm(total=cfg.updates, initial=self.update, disable=not self.progress,
                    desc=f"train {cfg.task}", dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
-        metrics_file = open(out / "metrics.jsonl", "a") if main else None
         last_eval: dict = {}
         start, tokens = time.perf_counter(), 0
         while self.update < cfg.updates:
@@ -191,12 +206,18 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(cfg, update)
             loss, acc = self.accumulate_gradients(batch, depth)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                             cfg.grad_clip))
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank
+                raise TrainingDiverged(
+                    f"update {update + 1}: loss {loss} and gradient norm {grad_norm}; stopped "
+                    f"before applying it, the last checkpoint in {self.out} is kept (lower "
+                    "--train.lr or raise --train.warmup-updates)")
             self.optimizer.step()
             self.update += 1
             tokens += batch["label"].numel() * _tokens_per_example(batch)
             record = {"update": self.update, "loss": loss, "train_acc": acc,
-                      "lr": lr_at(cfg, update), "grad_norm": float(grad_norm),
+                      "lr": lr_at(cfg, update), "grad_norm": grad_norm,
                       "num_steps": depth.total, "max_level": self.max_level}
             if self.update % cfg.eval_every == 0 or self.update == cfg.updates:
                 # Every process evaluates the same sets, so curriculum levels stay in step.
@@ -211,31 +232,12 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.2f}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
-            if main:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+            if writer is not None:
+                writer.log(record)
             if self.update % cfg.checkpoint_every == 0 or self.update == cfg.updates:
                 self.save()
         bar.close()
-        if main:
-            metrics_file.close()
-        barrier(self.world)  # no process leaves before the last checkpoint is written
-        return last_eval
-
-    def _open_run_directory(self, resume: bool) -> None:
-        out = self.out
-        out.mkdir(parents=True, exist_ok=True)
-        if resume:
-            # A run killed after its last checkpoint logged updates that will be redone.
-            metrics = out / "metrics.jsonl"
-            records = [metrics_record(line) for line in metrics.read_text().splitlines()
-                       if line.strip()]
-            kept = [json.dumps(r) + "\n" for r in records if r["update"] <= self.update]
-            write_text_atomic(metrics, "".join(kept))
-        else:
-            write_json_atomic(out / "config.json", {"model": self.model_cfg.to_dict(),
-                                                    "train": self.cfg.to_dict()})
-            (out / "metrics.jsonl").write_text("")
+        return last_eval or self.evaluate()  # a finished run resumed: evaluate it again
 
 
 def micro_batches(batch: dict, parts: int) -> list[dict]:
