@@ -44,6 +44,18 @@ def demo(preset: str = "tiny", injection: Literal["add", "concat", "lti", "gated
     print("Same weights, same prompt: only num_steps, chosen at call time, changed the output.")
 
 
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        require_positive(threads=threads)
+        torch.set_num_threads(threads)
+
+
+def require_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -63,11 +75,9 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
     from .evaluation.scoring import format_grid, frontier_grid
     from .training.run import load_run
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)
+    require_positive(examples=examples)
     step_list = _int_list(steps, "--steps")
-    if examples < 1:
-        raise ValueError(f"--examples must be >= 1, got {examples}")
     task, model, model_cfg, train_cfg = load_run(run_dir)
     levels = _int_list(complexities, "--complexities") if complexities else \
         list(task.test_complexities)
@@ -102,8 +112,10 @@ def adaptive(run_dir: Positional[Path],
     from .model.exits import DEFAULT_THRESHOLDS
     from .training.run import load_run
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)
+    require_positive(examples=examples, max_steps=max_steps, min_steps=min_steps)
+    if min_steps > max_steps:
+        raise ValueError(f"--min-steps {min_steps} exceeds --max-steps {max_steps}")
     names = [c.strip() for c in criteria.split(",") if c.strip()]
     for name in names:
         if name not in DEFAULT_THRESHOLDS:

@@ -86,8 +86,8 @@ RUN_FLAGS = {"out", "resume", "grad_accum", "device", "parallel", "threads", "pr
 
 def parse_train_flags(argv: list[str]) -> tuple[TrainFlags, set[str]]:
     """The flags of `argv`, with the model and training configs they describe in .model and
-    .train, and the names of the options given a value other than their default. Unknown
-    flags and config keys are errors that name them."""
+    .train, and the names of the options given. Unknown flags and config keys are errors that
+    name them."""
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--task")
     early.add_argument("--preset", default="quick")
@@ -108,12 +108,18 @@ def parse_train_flags(argv: list[str]) -> tuple[TrainFlags, set[str]]:
     if unknown:
         raise ValueError(f"unknown flag {unknown[0]!r} for `loopformer train`; "
                          "`loopformer train --help` lists every flag")
-    given = {name for name in vars(flags) if name not in ("model", "train")
-             and getattr(flags, name) != getattr(defaults, name)}
-    for section in ("model", "train"):
-        given |= {f"{section}.{k}" for k, v in getattr(flags, section).to_dict().items()
-                  if v != getattr(defaults, section).to_dict()[k]}
-    return apply_shorthands(flags, train_cfg), given
+    return apply_shorthands(flags, train_cfg), given_options(argv)
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The options named on the command line: "seed", "model.d_model", ... ("--no-x": "x")."""
+    names = set()
+    for token in argv:
+        if token.startswith("--"):
+            section, _, name = token[2:].split("=")[0].rpartition(".")
+            name = name.removeprefix("no-").replace("-", "_")
+            names.add(f"{section}.{name}" if section else name)
+    return names
 
 
 def _box_text(box: str) -> str:
@@ -189,9 +195,9 @@ def train(argv: list[str]) -> None:
     from .training.trainer import Trainer
 
     flags, given = parse_train_flags(argv)
-    if flags.threads is not None and flags.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {flags.threads}")
     if flags.threads is not None:
+        if flags.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {flags.threads}")
         torch.set_num_threads(flags.threads)
     model_cfg, train_cfg, resume = flags.model, flags.train, flags.resume
     if resume and (flags.out / "config.json").is_file():

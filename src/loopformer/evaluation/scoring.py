@@ -39,8 +39,14 @@ def accuracy_by_steps(model, batch: dict, steps: Sequence[int],
         else:
             by_steps = {s: model(part, s).logits[-1] for s in steps}
         for s in steps:
-            correct[s] += int((by_steps[s].argmax(-1) == part["label"]).sum())
+            correct[s] += int(is_correct(by_steps[s], part["label"]).sum())
     return {s: correct[s] / n for s in steps}
+
+
+def is_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example: the argmax is the label and every logit is finite (argmax of a NaN row
+    is arbitrary: a diverged model must not score)."""
+    return (logits.argmax(-1) == labels) & torch.isfinite(logits).all(-1)
 
 
 def frontier_grid(task, model, complexities: Sequence[int], steps: Sequence[int],
@@ -86,7 +92,7 @@ def adaptive_table(task, model, complexities: Sequence[int], criteria: dict[str,
             for start in range(0, batch["label"].shape[0], chunk):
                 part = _slice(batch, start, start + chunk, model)
                 out = model(part, max_steps, exit_rule=rule)
-                correct += int((out.logits[-1].argmax(-1) == part["label"]).sum())
+                correct += int(is_correct(out.logits[-1], part["label"]).sum())
                 steps += float(out.steps.float().sum())
             n = batch["label"].shape[0]
             row["criteria"][name] = {"threshold": rule.threshold if rule else None,
