@@ -214,3 +214,33 @@ def test_non_finite_logits_never_score():
 
     logits = torch.tensor([[float("nan"), 0.0], [1.0, 0.0], [0.0, float("inf")]])
     assert is_correct(logits, torch.tensor([0, 0, 1])).tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m(torch.zeros(0, 4, dtype=torch.long)), "input_ids of shape \\(0, 4\\) is empty"),
+    (lambda m: m(torch.zeros(2, 4, dtype=torch.long), labels=torch.full((2, 4), 64)),
+     "labels must lie in \\[0, 64\\)"),
+    (lambda m: m(torch.zeros(2, 4, dtype=torch.long), labels=torch.zeros(2, 3, dtype=torch.long)),
+     "labels must be integer ids shaped like input_ids"),
+    (lambda m: m(torch.zeros(2, 4, dtype=torch.long), initial_state=torch.zeros(2, 4, 8)),
+     "initial_state must have shape"),
+    (lambda m: m(torch.zeros(1, 4, dtype=torch.long),
+                 past_key_values=m(torch.zeros(2, 4, dtype=torch.long),
+                                   use_cache=True).past_key_values),
+     "past_key_values holds 2 sequences but input_ids has 1"),
+    (lambda m: m(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.full((1, 4), 2)),
+     "attention_mask must hold only 0"),
+    (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), do_sample=True,
+                          temperature=float("nan")), "temperature must be a finite number"),
+    (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), eos_token_id=64),
+     "eos_token_id must lie in"),
+    (lambda m: m.generate(torch.zeros(1, 2, dtype=torch.long), eos_token_id=1, pad_token_id=-1),
+     "pad_token_id must lie in"),
+    (lambda m: m.generate_speculative(torch.zeros(1, 2, dtype=torch.long), eos_token_id=99),
+     "eos_token_id must lie in"),
+])
+def test_api_inputs_that_would_be_silently_wrong_name_the_argument(call, message):
+    from conftest import tiny_model
+
+    with pytest.raises(ValueError, match=message):
+        call(tiny_model())

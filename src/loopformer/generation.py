@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .model.cache import KVCache
@@ -31,8 +33,10 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    if do_sample and not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0 when sampling, got "
+                         f"{temperature}")
+    check_token_ids(model, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -87,6 +91,7 @@ def generate_speculative(model: LoopLM, input_ids: torch.Tensor, max_new_tokens:
                          f"{draft_steps}")
     if draft_tokens < 1:
         raise ValueError(f"draft_tokens must be >= 1, got {draft_tokens}")
+    check_token_ids(model, eos_token_id=eos_token_id)
     model.check_input_ids(input_ids)
     limit = input_ids.shape[1] + max_new_tokens
     if limit + draft_tokens > model.cfg.max_seq_len:
@@ -124,6 +129,13 @@ def generate_speculative(model: LoopLM, input_ids: torch.Tensor, max_new_tokens:
         draft.truncate(min(draft.seq_len, len(tokens) - 1))
     stats["acceptance_rate"] = stats["accepted"] / max(stats["drafted"], 1)
     return torch.tensor([tokens], device=input_ids.device), stats
+
+
+def check_token_ids(model: LoopLM, **tokens: int | None) -> None:
+    for name, token in tokens.items():
+        if token is not None and not 0 <= token < model.cfg.vocab_size:
+            raise ValueError(f"{name} must lie in [0, {model.cfg.vocab_size}) "
+                             f"(ModelConfig.vocab_size), got {token}")
 
 
 def pick_next_token(logits: torch.Tensor, do_sample: bool, temperature: float,

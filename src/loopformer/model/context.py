@@ -52,6 +52,8 @@ def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length:
             raise ValueError(
                 f"attention_mask must have shape ({batch}, {length}) or ({batch}, "
                 f"{past + length}) (past + new tokens), got {tuple(attention_mask.shape)}")
+        if not ((attention_mask == 0) | (attention_mask == 1)).all():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
         new_mask = attention_mask[:, -length:].to(device=device, dtype=torch.bool)
     if structure_mask is not None:
         if structure_mask.shape != (batch, length, length):

@@ -75,8 +75,9 @@ class LoopLM(nn.Module):
                                                            torch.uint8):
             raise ValueError("input_ids must be an integer tensor of shape (batch, seq_len), got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
-        if input_ids.shape[1] == 0:
-            raise ValueError("input_ids is empty: pass at least one token")
+        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} is empty: pass at "
+                             "least one sequence of at least one token")
         # Meta tensors (FLOP counts of models too large to build) carry no ids to check.
         low, high = (0, 0) if input_ids.is_meta else (int(input_ids.min()), int(input_ids.max()))
         if low < 0 or high >= self.cfg.vocab_size:
@@ -87,6 +88,17 @@ class LoopLM(nn.Module):
                 f"sequence of {past + input_ids.shape[1]} tokens ({past} cached + "
                 f"{input_ids.shape[1]} new) exceeds max_seq_len={self.cfg.max_seq_len}; "
                 "truncate the input or build the model with a larger ModelConfig.max_seq_len")
+
+    def check_labels(self, labels: torch.Tensor, input_ids: torch.Tensor) -> None:
+        if labels.shape != input_ids.shape or labels.is_floating_point():
+            raise ValueError(f"labels must be integer ids shaped like input_ids "
+                             f"{tuple(input_ids.shape)}, got {labels.dtype} "
+                             f"{tuple(labels.shape)}")
+        real = labels[labels != -100]  # -100: ignored positions (padding)
+        if not labels.is_meta and real.numel() and (int(real.min()) < 0 or
+                                                    int(real.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"labels must lie in [0, {self.cfg.vocab_size}) or be -100 "
+                             f"(ignored), got values in [{int(real.min())}, {int(real.max())}]")
 
     def forward(self, input_ids: torch.Tensor, num_steps=None, *,
                 attention_mask: torch.Tensor | None = None,
@@ -114,8 +126,16 @@ class LoopLM(nn.Module):
         if cache is not None and not self.cfg.causal:
             raise ValueError("a KV cache needs a causal model (ModelConfig.causal=True)")
         self.check_input_ids(input_ids, cache.seq_len if cache is not None else 0)
-
         B, T = input_ids.shape
+        if cache is not None and cache.seq_len and cache.key_mask.shape[0] != B:
+            raise ValueError(f"past_key_values holds {cache.key_mask.shape[0]} sequences but "
+                             f"input_ids has {B}: use a new KVCache for another batch")
+        if initial_state is not None and initial_state.shape != (B, T, self.cfg.d_model):
+            raise ValueError(f"initial_state must have shape (batch, seq_len, d_model) = "
+                             f"{(B, T, self.cfg.d_model)}, got {tuple(initial_state.shape)}")
+        if labels is not None:
+            self.check_labels(labels, input_ids)
+
         writer = None
         if cache is not None:
             whole = not observers and self._runs_every_step(cache, exit_rule)
