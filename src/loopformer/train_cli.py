@@ -40,8 +40,9 @@ class TrainFlags:
     out: Path = Path("runs/graph-quick")
     """The run directory."""
     resume: bool = False
-    """Continue the run in --out from its newest checkpoint with its stored configuration
-    (the configuration flags are then ignored); without a run there, start one."""
+    """Continue the run in --out from its newest checkpoint with its stored configuration:
+    --updates extends it, other configuration flags are named and ignored; without a
+    checkpoint there, start the run (from its stored configuration if it has one)."""
     updates: int | None = None
     """Optimiser updates (= --train.updates)."""
     batch_size: int | None = None
