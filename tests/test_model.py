@@ -238,3 +238,21 @@ def test_rms_norm_keeps_float64_and_has_correct_gradients():
     expected = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
     torch.testing.assert_close(norm(x), expected, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda x, w: norm(x), (x, norm.weight))
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    import json
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    loaded = LoopLM.from_pretrained(tmp_path)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 6))
+    with torch.no_grad():
+        assert torch.equal(model(ids, 3).logits, loaded(ids, 3).logits)
+    assert loaded.cfg == model.cfg and not loaded.training
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="another model type"):
+        LoopLM.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not a saved LoopLM"):
+        LoopLM.from_pretrained(tmp_path / "nowhere")

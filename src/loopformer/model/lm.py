@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ..config import ModelConfig
@@ -17,6 +20,9 @@ from .depth import Depth
 from .exits import DEFAULT_EXIT_ENTROPY, ExitRule
 from .observers import CoreOutput, StepObserver
 from .weights import init_weights
+
+
+MODEL_TYPE = "loopformer"  # config.json's model_type, as in Hugging Face folders
 
 
 @dataclass
@@ -62,6 +68,35 @@ class LoopLM(nn.Module):
     @property
     def core(self):
         return self.backbone.core
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write DIR/config.json (the ModelConfig) and DIR/model.safetensors."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(
+            {"model_type": MODEL_TYPE, **self.cfg.to_dict()}, indent=2) + "\n")
+        save_model(self, str(directory / "model.safetensors"))  # stores tied weights once
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu"
+                        ) -> "LoopLM":
+        """A model written by save_pretrained (weights only from safetensors), in eval mode."""
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.is_file() or not (directory / "model.safetensors").is_file():
+            raise ValueError(f"{directory} is not a saved LoopLM: it needs config.json and "
+                             "model.safetensors (LoopLM.save_pretrained writes both)")
+        data = json.loads(config_path.read_text())
+        if data.pop("model_type", None) != MODEL_TYPE:
+            raise ValueError(f"{config_path} describes another model type; expected "
+                             f"model_type {MODEL_TYPE!r}")
+        model = cls(ModelConfig.from_dict(data))
+        missing, unexpected = load_model(model, str(directory / "model.safetensors"),
+                                         strict=False, device=str(device))
+        if missing or unexpected:
+            raise ValueError(f"{directory / 'model.safetensors'} does not fit its config: "
+                             f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        return model.to(device).eval()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
