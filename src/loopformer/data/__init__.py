@@ -1,0 +1,1 @@
+"""Text for language models: corpora read as documents, tokenizers, memory-mapped tokens."""
