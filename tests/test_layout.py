@@ -14,9 +14,10 @@ ALLOWED = {
     "tasks": {"model", "config"},
     "evaluation": {"model", "tasks", "config"},
     "training": {"model", "tasks", "evaluation", "compile", "config", "files"},
-    "train_cli": {"config", "training"},
+    "train_cli": {"config", "training"}, "hf": {"config", "model"},
     "cli": set(ALL := {"config", "files", "model", "generation", "compile", "tasks",
-                       "evaluation", "training", "flops", "memory", "train_cli", "data"}),
+                       "evaluation", "training", "flops", "memory", "train_cli", "data",
+                       "hf"}),
     "__init__": ALL, "__main__": {"cli"},
 }
 # Thin methods that call the layer above them at call time (and say so in the code).

@@ -139,9 +139,17 @@ class SinusoidalStepEmbedding(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        half = cfg.d_model // 2
-        inv_freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.half = cfg.d_model // 2
+        self.register_buffer("inv_freq", self._frequencies(torch.device("cpu")),
+                             persistent=False)
+
+    def _frequencies(self, device: torch.device) -> torch.Tensor:
+        steps = torch.arange(self.half, dtype=torch.float32, device=device)
+        return torch.exp(-math.log(10000.0) * steps / self.half)
+
+    def reset_buffers(self) -> None:
+        """Rebuild the frequencies (not saved with the weights) on their current device."""
+        self.inv_freq = self._frequencies(self.inv_freq.device)
 
     def forward(self, step: int, like: torch.Tensor) -> torch.Tensor:
         angles = step * self.inv_freq.float()

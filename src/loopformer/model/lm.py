@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 from ..config import ModelConfig
@@ -80,7 +80,8 @@ class LoopLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu"
                         ) -> "LoopLM":
-        """A model written by save_pretrained (weights only from safetensors), in eval mode."""
+        """A model written by save_pretrained, or by LoopForCausalLM.save_pretrained
+        (loopformer.hf), in eval mode. Weights load from safetensors only."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file() or not (directory / "model.safetensors").is_file():
@@ -90,9 +91,13 @@ class LoopLM(nn.Module):
         if data.pop("model_type", None) != MODEL_TYPE:
             raise ValueError(f"{config_path} describes another model type; expected "
                              f"model_type {MODEL_TYPE!r}")
+        if "architectures" in data:  # written by transformers (loopformer.hf): keep ours
+            data = {k: v for k, v in data.items() if k in ModelConfig.__dataclass_fields__}
         model = cls(ModelConfig.from_dict(data))
-        missing, unexpected = load_model(model, str(directory / "model.safetensors"),
-                                         strict=False, device=str(device))
+        weights = load_file(directory / "model.safetensors", device=str(device))
+        if all(k.startswith("model.") for k in weights):  # LoopForCausalLM holds us as .model
+            weights = {k.removeprefix("model."): v for k, v in weights.items()}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise ValueError(f"{directory / 'model.safetensors'} does not fit its config: "
                              f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")

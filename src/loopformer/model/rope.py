@@ -34,8 +34,12 @@ class RotaryEmbedding(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.cos, self.sin = self._tables(self.cos.device)
+        self.reset_buffers()
         return self
+
+    def reset_buffers(self) -> None:
+        """Rebuild the tables (not saved with the weights) on their current device."""
+        self.cos, self.sin = self._tables(self.cos.device)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (B, T) long -> cos, sin (B, T, 1, head_dim) in fp32, to broadcast over
