@@ -179,7 +179,7 @@ def test_resume_names_what_it_ignores_and_extends_with_updates(tmp_path, capsys)
     assert [r["update"] for r in read_metrics(tmp_path)] == [1, 2, 3]
     assert json.loads((tmp_path / "config.json").read_text())["train"]["updates"] == 3
     main(["train", "--out", str(tmp_path), "--resume", "--no-progress"])  # finished
-    assert "eval accuracy by complexity: 1:" in capsys.readouterr().out
+    assert "held-out accuracy by complexity: 1:" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -13,7 +13,7 @@ ALLOWED = {
     "generation": {"model", "config"}, "compile": {"model", "config"},
     "tasks": {"model", "config"},
     "evaluation": {"model", "tasks", "config"},
-    "training": {"model", "tasks", "evaluation", "compile", "config", "files"},
+    "training": {"model", "tasks", "evaluation", "compile", "config", "files", "data"},
     "train_cli": {"config", "training"}, "hf": {"config", "model"},
     "cli": set(ALL := {"config", "files", "model", "generation", "compile", "tasks",
                        "evaluation", "training", "flops", "memory", "train_cli", "data",

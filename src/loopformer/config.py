@@ -174,6 +174,8 @@ def _fits(value, hint) -> bool:
         return any(value == a and type(value) is type(a) for a in args)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, a) for a in args)
+    if origin is tuple and args[-1:] == (Ellipsis,):
+        return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
     if origin is tuple:
         return isinstance(value, tuple) and len(value) == len(args) and \
             all(_fits(v, a) for v, a in zip(value, args))
@@ -198,6 +200,8 @@ def _describe(hint) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
+    if origin is tuple and args[-1:] == (Ellipsis,):
+        return f"a tuple of {_describe(args[0])}"
     if origin is tuple:
         return f"a tuple of {len(args)} ({', '.join(_describe(a) for a in args)})"
     if origin is dict:

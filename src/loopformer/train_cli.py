@@ -29,7 +29,7 @@ class TrainFlags:
     each --model.* / --train.* flag overrides one field; the flat flags are shorthands."""
 
     task: str = "graph"
-    """graph | logic | family | chains | modarith: picks the recipe (model and training)."""
+    """graph | logic | family | chains | modarith | text: picks the recipe."""
     preset: Literal["paper", "quick"] = "quick"
     """quick (minutes on a laptop CPU) or paper (the source paper's size)."""
     config: Path | None = None
@@ -55,6 +55,10 @@ class TrainFlags:
     parallel: Literal["none", "ddp", "fsdp"] = "none"
     """ddp or fsdp (FSDP2) trains on the processes started by torchrun (nccl on CUDA, gloo on
     CPU); --batch-size stays the global batch."""
+    data: tuple[Path, ...] = ()
+    """task text: the corpus, .txt/.md/.jsonl files or directories (= --train.data)."""
+    tokenizer: Path | None = None
+    """task text: a tokenizer.json; default: a byte-level BPE trained on the corpus."""
     threads: int | None = None
     """torch CPU threads."""
     progress: bool = True
@@ -170,6 +174,10 @@ def apply_shorthands(flags: TrainFlags, base_train: TrainConfig) -> TrainFlags:
                              f"{name.replace('_', '-')} {getattr(train, name)} disagree; "
                              "give one of them")
         changes[name] = value
+    if flags.data:  # stored absolute, so that --config repeats the run from anywhere
+        changes["data"] = tuple(str(p.resolve()) for p in flags.data)
+    if flags.tokenizer is not None:
+        changes["tokenizer"] = str(flags.tokenizer.resolve())
     if flags.bf16:
         changes["bf16"] = True
     if flags.compile:
@@ -214,8 +222,9 @@ def train(argv: list[str]) -> None:
     finally:
         leave_world()
     if trainer.world.is_main:
+        what = "validation" if train_cfg.task == "text" else "held-out accuracy by complexity"
         print(f"trained {trainer.model.num_parameters():,} parameters for {trainer.update} "
-              f"updates in {time.perf_counter() - start:.0f}s; eval accuracy by complexity: "
+              f"updates in {time.perf_counter() - start:.0f}s; {what}: "
               + ", ".join(f"{c}: {a:.3f}" for c, a in result.items()))
 
 

@@ -138,6 +138,23 @@ class AnswerLM(TaskModel):
         return self.lm.head(features[:, -1])
 
 
+class TextLM(TaskModel):
+    """A LoopLM trained on text: every position predicts the next token (no padding)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.lm = LoopLM(cfg)
+        self.backbone = self.lm.backbone
+
+    def embed_inputs(self, batch):
+        ids = batch["input_ids"]
+        self.lm.check_input_ids(ids)
+        return self.lm.embed(ids), self.backbone.context(*ids.shape, ids.device)
+
+    def readout(self, features, batch):
+        return self.lm.head(features)  # (B, T, vocab)
+
+
 def build_task_model(task: Task, cfg: ModelConfig) -> TaskModel:
     """The interface a task asks for, around a backbone built from `cfg`."""
     if task.interface == "graph":

@@ -72,11 +72,26 @@ class TrainConfig(DictConfig):
     """Core steps used for periodic evaluation; None = depth_high."""
     checkpoint_every: int = 250
     """Write a checkpoint every this many updates (and after the last)."""
+    data: tuple[str, ...] = ()
+    """task 'text': the corpus, .txt/.md/.jsonl files or directories of them."""
+    tokenizer: str | None = None
+    """task 'text': a tokenizer.json to use; None = train a byte-level BPE on the corpus."""
+    tokenizer_vocab_size: int = 4096
+    """task 'text': vocabulary of the BPE trained on the corpus."""
+    val_fraction: float = 0.05
+    """task 'text': the share of documents held out for validation."""
 
     def __post_init__(self):
         self.check_types()
-        if self.task not in TASKS:
-            raise ValueError(f"TrainConfig.task must be one of {sorted(TASKS)}, got {self.task!r}")
+        if self.task not in (*TASKS, "text"):
+            raise ValueError(f"TrainConfig.task must be one of {sorted(TASKS)} or 'text', got "
+                             f"{self.task!r}")
+        if self.data and self.task != "text":
+            raise ValueError(f"TrainConfig.data (--data) is a corpus for task 'text'; task "
+                             f"{self.task!r} generates its own examples")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"TrainConfig.val_fraction must lie in (0, 1), got "
+                             f"{self.val_fraction}")
         for name in ("updates", "batch_size", "train_examples", "eval_every", "eval_examples",
                      "checkpoint_every", "depth_low"):
             if getattr(self, name) < 1:
@@ -109,6 +124,7 @@ class TrainConfig(DictConfig):
     def from_dict(cls, data: dict) -> "TrainConfig":
         """From a config.json, including one written by loopformer 0.1 (LEGACY_FIELDS)."""
         data = {LEGACY_FIELDS.get(k, k): v for k, v in data.items()}
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
+        for name in ("betas", "data"):  # JSON has lists only
+            if isinstance(data.get(name), list):
+                data[name] = tuple(data[name])
         return super().from_dict(data)

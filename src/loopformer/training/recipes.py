@@ -68,6 +68,24 @@ RECIPES[("modarith", "quick")] = (
     RECIPES[("modarith", "paper")][0].replace(d_model=64, n_heads=4, ffn_hidden=256),
     dataclasses.replace(RECIPES[("modarith", "paper")][1], updates=3000, eval_every=50))
 
+# Text (Huginn's recipe): concat adapter, sandwich norm, noise state init, depth from the
+# Poisson-lognormal with mean r, backprop through the last 8 steps. quick: a 128-wide model on
+# 128-token windows with r = 4 (minutes on a CPU); paper: Huginn's shape at d = 768, r = 32.
+TEXT_MODEL = ModelConfig(vocab_size=4096, d_model=128, n_heads=4, n_prelude=1, n_core=2,
+                         n_coda=1, injection="concat", state_init="noise", norm="sandwich",
+                         max_seq_len=129, mean_steps=4)
+RECIPES[("text", "quick")] = (TEXT_MODEL, TrainConfig(
+    task="text", updates=600, batch_size=16, lr=1e-3, warmup_updates=50, depth="poisson-lognormal",
+    depth_low=1, depth_high=16, depth_mean=4, backprop_steps=8, eval_steps=4, eval_every=100,
+    eval_examples=64, checkpoint_every=100, tokenizer_vocab_size=4096))
+RECIPES[("text", "paper")] = (TEXT_MODEL.replace(
+    vocab_size=32768, d_model=768, n_heads=12, n_kv_heads=4, n_prelude=2, n_core=4, n_coda=2,
+    max_seq_len=1025, mean_steps=32), TrainConfig(
+    task="text", updates=20_000, batch_size=64, lr=4e-4, warmup_updates=500,
+    depth="poisson-lognormal", depth_low=1, depth_high=64, depth_mean=32, backprop_steps=8,
+    eval_steps=32, eval_every=1000, eval_examples=256, checkpoint_every=1000,
+    tokenizer_vocab_size=32768))
+
 PRESET_NAMES = ("paper", "quick")
 
 

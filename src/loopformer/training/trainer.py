@@ -10,18 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..compile import compile_regions
 from ..config import ModelConfig
-from ..evaluation.scoring import accuracy_by_steps
 from ..model.depth import Depth
-from ..tasks import Task, make_task
 from ..tasks.base import to_device
-from ..tasks.interfaces import TaskModel, build_task_model
+from ..tasks.interfaces import TaskModel
 from .checkpoint import (CheckpointError, full_state, has_checkpoint, load_checkpoint,
                          load_optimizer_state, save_checkpoint)
 from .config import TrainConfig
@@ -30,6 +27,7 @@ from .device import autocast, has_fused_adamw
 from .parallelize import (barrier, gradient_sync, join_world, parallelize, release_gathered,
                           sum_over_world)
 from .rundir import RunWriter
+from .sources import make_source
 
 
 class TrainingDiverged(ArithmeticError):
@@ -48,11 +46,13 @@ def lr_at(cfg: TrainConfig, update: int) -> float:
 def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: float,
                       ponder_cost: float = 0.0):
     out = model(batch, depth, all_steps=alpha > 0)
-    logits, labels = out.logits, batch["label"]
-    final = F.cross_entropy(logits[-1].float(), labels)
+    # One label per example (tasks) or per position (text): both flatten to (N, classes).
+    logits = [l.flatten(0, -2).float() for l in out.logits]
+    labels = batch["label"].flatten()
+    final = F.cross_entropy(logits[-1], labels)
     loss = final
     if alpha > 0:
-        per_step = torch.stack([F.cross_entropy(l.float(), labels) for l in logits]).mean()
+        per_step = torch.stack([F.cross_entropy(l, labels) for l in logits]).mean()
         loss = (1 - alpha) * final + alpha * per_step
     if out.ponder is not None:  # ACT: pay for every step taken (Graves 2016)
         loss = loss + ponder_cost * out.ponder.mean()
@@ -77,9 +77,9 @@ class Trainer:
             raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the "
                              f"{self.world.size} processes x --grad-accum {grad_accum}")
         self.grad_accum, self.progress = grad_accum, progress and self.world.is_main
-        self.task: Task = make_task(cfg.task, **cfg.task_options)
+        self.source = make_source(cfg, model_cfg, self.out)
         torch.manual_seed(cfg.seed)
-        self.model = build_task_model(self.task, model_cfg).to(self.device)
+        self.model = self.source.build_model().to(self.device)
         if cfg.compile:
             compile_regions(self.model)
         # What the training step calls: self.model, sharded in place (fsdp), or a DDP
@@ -92,16 +92,22 @@ class Trainer:
              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas,
             # one pass per update: 2.8 ms instead of 8.8 for 4M parameters on CPU
             fused=has_fused_adamw(self.device) or None)
-        self.train_set = self.task.train_set(cfg.train_examples, cfg.seed)
-        levels = sorted({ex.complexity for ex in self.train_set})
-        self.levels = levels
-        # Curriculum (Loop-Think-Generalize): start with the two easiest levels.
-        self.max_level = levels[min(1, len(levels) - 1)] if cfg.curriculum else levels[-1]
-        self.eval_sets = {c: self.task.collate(self.task.eval_set(c, cfg.eval_examples,
-                                                                  cfg.seed))
-                          for c in levels}
         self.update = 0  # optimiser updates done
-        self._full_batch: tuple[int, dict] | None = None
+
+    @property
+    def task(self):
+        return self.source.task
+
+    @property
+    def levels(self) -> list[int]:
+        return self.source.levels
+
+    @property
+    def max_level(self) -> int:
+        return self.source.max_level
+
+    def batch(self, update: int) -> dict:
+        return self.source.batch(update)
 
     def save(self) -> None:
         """A checkpoint of the full weights and optimiser state. Every process calls this
@@ -109,7 +115,7 @@ class Trainer:
         weights, optimizer = full_state(self.model, self.optimizer)
         if self.world.is_main:
             save_checkpoint(self.out, self.update, weights, {
-                "update": self.update, "optimizer": optimizer, "max_level": self.max_level,
+                "update": self.update, "optimizer": optimizer, **self.source.state(),
                 "torch_rng": torch.get_rng_state()}, self.model_cfg.to_dict())
 
     def resume(self) -> None:
@@ -117,19 +123,8 @@ class Trainer:
         load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         # loopformer 0.1 stored the update count as "step".
         self.update = state["update"] if "update" in state else state["step"]
-        self.max_level = state["max_level"]
+        self.source.load_state(state)
         torch.set_rng_state(state["torch_rng"])
-
-    def batch(self, update: int) -> dict:
-        pool = [i for i, ex in enumerate(self.train_set) if ex.complexity <= self.max_level]
-        if self.cfg.batch_size >= len(pool):  # full batch: collate once per curriculum level
-            if self._full_batch is None or self._full_batch[0] != self.max_level:
-                full = self.task.collate([self.train_set[i] for i in pool])
-                self._full_batch = (self.max_level, full)
-            return self._full_batch[1]
-        rng = np.random.default_rng([self.cfg.seed, update, 0xBA7C])
-        chosen = rng.choice(len(pool), size=self.cfg.batch_size, replace=False)
-        return self.task.collate([self.train_set[pool[i]] for i in sorted(chosen)])
 
     def depth(self, update: int) -> Depth:
         """Thinking steps of an update: drawn by (seed, update), so every rank agrees."""
@@ -140,11 +135,11 @@ class Trainer:
         return Depth(steps - grad, grad)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[int, float]:
-        steps = self.cfg.eval_steps or self.cfg.depth_high
+    def evaluate(self) -> dict:
+        """Held-out accuracy by complexity (tasks) or validation loss and perplexity (text),
+        at eval_steps core steps."""
         self.model.eval()
-        result = {c: accuracy_by_steps(self.model, batch, [steps])[steps]
-                  for c, batch in self.eval_sets.items()}
+        result = self.source.evaluate(self.model, self.cfg.eval_steps or self.cfg.depth_high)
         self.model.train()
         return result
 
@@ -186,6 +181,7 @@ class Trainer:
             if main:
                 writer.start({"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()},
                              self.update if resume else None)
+            self.source.prepare(self.out, self.world)
             result = self._train(writer)
         barrier(self.world)  # no process leaves before the last checkpoint is written
         return result
@@ -215,7 +211,7 @@ class Trainer:
                     "--train.lr or raise --train.warmup-updates)")
             self.optimizer.step()
             self.update += 1
-            tokens += batch["label"].numel() * _tokens_per_example(batch)
+            tokens += _tokens_in(batch)
             record = {"update": self.update, "loss": loss, "train_acc": acc,
                       "lr": lr_at(cfg, update), "grad_norm": grad_norm,
                       "num_steps": depth.total, "max_level": self.max_level}
@@ -223,11 +219,7 @@ class Trainer:
                 # Every process evaluates the same sets, so curriculum levels stay in step.
                 last_eval = self.evaluate()
                 record["eval"] = {str(c): a for c, a in last_eval.items()}
-                hardest = last_eval.get(self.max_level, 0.0)
-                if cfg.curriculum and hardest > cfg.curriculum_threshold:
-                    higher = [c for c in self.levels if c > self.max_level]
-                    if higher:
-                        self.max_level = higher[0]
+                self.source.after_evaluation(last_eval)
             record["tokens_per_s"] = tokens / (time.perf_counter() - start)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.2f}",
@@ -248,6 +240,7 @@ def micro_batches(batch: dict, parts: int) -> list[dict]:
     return [{k: v[i] for k, v in pieces.items()} for i in range(parts)]
 
 
-def _tokens_per_example(batch: dict) -> int:
-    mask = batch.get("attention_mask", batch.get("node_mask"))
-    return mask.shape[1]
+def _tokens_in(batch: dict) -> int:
+    """Positions the model processed: batch x sequence length (padding included)."""
+    inputs = batch.get("attention_mask", batch.get("node_mask", batch.get("input_ids")))
+    return inputs.shape[0] * inputs.shape[1]

@@ -1,0 +1,146 @@
+"""What a run trains on, chosen by TrainConfig.task: the batches of each update, the held-out
+evaluation, and the state a checkpoint keeps.
+
+- ExampleSource: a reasoning task (loopformer.tasks): a fixed seeded training set, the
+  curriculum over complexity, accuracy per held-out complexity.
+- TokenSource: text (task "text"): a corpus encoded once into memory-mapped tokens, random
+  windows for training, validation loss and perplexity on held-out documents.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from ..data.corpus import corpus_files, documents
+from ..data.tokenizer import check_fits, load_tokenizer, train_tokenizer
+from ..data.tokens import TokenSplit, cache_key, encode_corpus
+from ..evaluation.scoring import accuracy_by_steps
+from ..tasks import make_task
+from ..tasks.interfaces import TaskModel, TextLM, build_task_model
+from .config import TrainConfig
+from .parallelize import World, barrier
+
+
+class ExampleSource:
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig):
+        self.cfg = cfg
+        self.task = make_task(cfg.task, **cfg.task_options)
+        self.model_cfg = model_cfg
+        self.train_set = self.task.train_set(cfg.train_examples, cfg.seed)
+        self.levels = sorted({ex.complexity for ex in self.train_set})
+        # Curriculum (Loop-Think-Generalize): start with the two easiest levels.
+        self.max_level = self.levels[min(1, len(self.levels) - 1)] if cfg.curriculum \
+            else self.levels[-1]
+        self.eval_sets = {c: self.task.collate(self.task.eval_set(c, cfg.eval_examples,
+                                                                  cfg.seed))
+                          for c in self.levels}
+        self._full_batch: tuple[int, dict] | None = None
+
+    def build_model(self) -> TaskModel:
+        return build_task_model(self.task, self.model_cfg)
+
+    def prepare(self, out: Path, world: World) -> None:
+        """Nothing to write: examples are generated in memory."""
+
+    def batch(self, update: int) -> dict:
+        pool = [i for i, ex in enumerate(self.train_set) if ex.complexity <= self.max_level]
+        if self.cfg.batch_size >= len(pool):  # full batch: collate once per curriculum level
+            if self._full_batch is None or self._full_batch[0] != self.max_level:
+                full = self.task.collate([self.train_set[i] for i in pool])
+                self._full_batch = (self.max_level, full)
+            return self._full_batch[1]
+        rng = np.random.default_rng([self.cfg.seed, update, 0xBA7C])
+        chosen = rng.choice(len(pool), size=self.cfg.batch_size, replace=False)
+        return self.task.collate([self.train_set[pool[i]] for i in sorted(chosen)])
+
+    def evaluate(self, model: TaskModel, steps: int) -> dict:
+        return {c: accuracy_by_steps(model, batch, [steps])[steps]
+                for c, batch in self.eval_sets.items()}
+
+    def after_evaluation(self, result: dict) -> None:
+        """The curriculum: add the next level once the hardest one is solved."""
+        hardest = result.get(self.max_level, 0.0)
+        if self.cfg.curriculum and hardest > self.cfg.curriculum_threshold:
+            higher = [c for c in self.levels if c > self.max_level]
+            if higher:
+                self.max_level = higher[0]
+
+    def state(self) -> dict:
+        return {"max_level": self.max_level}
+
+    def load_state(self, state: dict) -> None:
+        self.max_level = state["max_level"]
+
+
+class TokenSource:
+    """Windows of max_seq_len tokens; the model predicts every next token."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, out: Path):
+        self.cfg, self.model_cfg, self.out = cfg, model_cfg, Path(out)
+        self.files = corpus_files(cfg.data)
+        saved = self.out / "tokenizer.json"  # a run keeps the tokenizer it started with
+        source = saved if saved.is_file() else cfg.tokenizer
+        self.tokenizer = load_tokenizer(source) if source else \
+            train_tokenizer(documents(self.files), cfg.tokenizer_vocab_size)
+        check_fits(self.tokenizer, model_cfg.vocab_size)
+        self.seq_len = model_cfg.max_seq_len - 1  # windows of seq_len + 1 tokens
+        self.levels, self.max_level = [1], 1
+
+    def build_model(self) -> TaskModel:
+        return TextLM(self.model_cfg)
+
+    def prepare(self, out: Path, world: World) -> None:
+        """The main process saves the tokenizer and encodes the corpus once (cached under
+        DIR/tokens/ by files, tokenizer and split); then every process maps the tokens."""
+        key = cache_key(self.files, self.tokenizer, self.cfg.val_fraction, self.cfg.seed)
+        directory = Path(out) / "tokens" / key
+        if world.is_main:
+            self.tokenizer.save(str(Path(out) / "tokenizer.json"))
+            if not (directory / "meta.json").is_file():
+                encode_corpus(documents(self.files), self.tokenizer, directory,
+                              self.cfg.val_fraction, self.cfg.seed)
+        barrier(world)
+        self.train = TokenSplit(directory, "train", self.seq_len)
+        self.val = TokenSplit(directory, "val", self.seq_len)
+
+    def batch(self, update: int) -> dict:
+        rng = np.random.default_rng([self.cfg.seed, update, 0x7E47])
+        return _next_token_batch(self.train.sample(self.cfg.batch_size, rng))
+
+    def evaluate(self, model: TaskModel, steps: int) -> dict:
+        """Mean next-token loss over the first eval_examples validation windows."""
+        count = min(len(self.val), self.cfg.eval_examples)
+        device = next(model.parameters()).device
+        total = tokens = 0.0
+        for start in range(0, count, 64):
+            batch = _next_token_batch(self.val.sequences(range(start, min(count, start + 64))))
+            logits = model({k: v.to(device) for k, v in batch.items()}, steps).logits[-1]
+            labels = batch["label"].to(device)
+            total += float(torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), reduction="sum"))
+            tokens += labels.numel()
+        loss = total / tokens
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+
+    def after_evaluation(self, result: dict) -> None:
+        pass
+
+    def state(self) -> dict:
+        return {"max_level": 1}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+
+def _next_token_batch(windows: torch.Tensor) -> dict:
+    return {"input_ids": windows[:, :-1], "label": windows[:, 1:]}
+
+
+def make_source(cfg: TrainConfig, model_cfg: ModelConfig, out: Path):
+    return TokenSource(cfg, model_cfg, out) if cfg.task == "text" else \
+        ExampleSource(cfg, model_cfg)
