@@ -15,9 +15,10 @@ ALLOWED = {
     "evaluation": {"model", "tasks", "config"},
     "training": {"model", "tasks", "evaluation", "compile", "config", "files", "data"},
     "train_cli": {"config", "training"}, "hf": {"config", "model"},
+    "text_cli": {"files", "training", "tasks", "evaluation", "data", "hf"},
     "cli": set(ALL := {"config", "files", "model", "generation", "compile", "tasks",
                        "evaluation", "training", "flops", "memory", "train_cli", "data",
-                       "hf"}),
+                       "hf", "text_cli"}),
     "__init__": ALL, "__main__": {"cli"},
 }
 # Thin methods that call the layer above them at call time (and say so in the code).

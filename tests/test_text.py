@@ -61,3 +61,37 @@ def test_text_needs_a_corpus_that_fits(corpus, tmp_path, capsys):
                                               "100"])
     assert "is a corpus for task 'text'" in error(["--task", "graph", "--data", str(corpus)])
     assert not (tmp_path / "run").exists()
+
+
+def test_perplexity_generate_and_export(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    main(["train", "--task", "text", "--data", str(corpus), "--updates", "2", "--out", str(run),
+          *SMALL])
+    main(["perplexity", str(run), "--steps", "1", "3", "--examples", "4"])
+    result = json.loads((run / "perplexity.json").read_text())
+    assert result["steps"] == [1, 3] and all(p > 1 for p in result["perplexity"])
+    assert (run / "perplexity.png").is_file()
+    capsys.readouterr()
+    main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "5", "--steps", "2"])
+    out = capsys.readouterr().out
+    assert out.startswith("the cat") and "5 tokens" in out and "2.00 core steps per token" in out
+
+    pytest.importorskip("transformers")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import loopformer.hf  # noqa: F401  (registers the Auto classes)
+    from loopformer import LoopLM
+    from loopformer.data.tokenizer import load_tokenizer
+
+    main(["export", str(run), "--hf", str(tmp_path / "hf")])
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "the dog sat on the red mat"
+    assert tokenizer(text)["input_ids"] == load_tokenizer(run / "tokenizer.json").encode(text).ids
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    lm = LoopLM.from_pretrained(tmp_path / "hf")
+    torch.manual_seed(0)  # the text recipe starts the state from noise (Huginn)
+    hf_tokens = hf_model.generate(ids, max_new_tokens=6, do_sample=False, num_steps=3)
+    torch.manual_seed(0)
+    assert torch.equal(hf_tokens, lm.generate(ids, 6, 3))

@@ -14,6 +14,7 @@ from tyro.conf import Positional
 from .config import ModelConfig
 from .files import DirectoryInUse, write_json_atomic
 from .model.lm import LoopLM
+from .text_cli import export, generate, perplexity
 from .train_cli import TrainFlags, train
 from .training.trainer import TrainingDiverged
 
@@ -161,7 +162,7 @@ def curves(run_dir: Positional[Path]) -> None:
 
 
 COMMANDS = {"train": TrainFlags, "frontier": frontier, "adaptive": adaptive, "curves": curves,
-            "demo": demo}
+            "perplexity": perplexity, "generate": generate, "export": export, "demo": demo}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -21,7 +22,9 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
              eos_token_id: int | None = None, pad_token_id: int | None = None,
              generator: torch.Generator | None = None, exit_criterion: str | None = None,
              exit_threshold: float | None = None, min_steps: int = 1,
-             warm_start: bool = False, cache: KVCache | None = None) -> torch.Tensor:
+             warm_start: bool = False, cache: KVCache | None = None,
+             streamer: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+             ) -> torch.Tensor:
     """Autoregressive decoding with the KV cache; returns prompt + new tokens (B, T + n).
 
     A sequence that has produced `eos_token_id` is continued with `pad_token_id` (default:
@@ -29,7 +32,8 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
     each token think only until it converges (num_steps is the maximum). warm_start
     (continuous chain-of-thought) starts each new token's state from the previous token's
     final state instead of init(e). `cache` is an empty KVCache to fill, to choose its mode or
-    compression (default: exact, or "latest" with an exit criterion).
+    compression (default: exact, or "latest" with an exit criterion). `streamer(tokens,
+    steps)` is called with each new token (B,) and the core steps it took (B,) as it comes.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -64,6 +68,9 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
                                      next_token)
             finished |= next_token == eos_token_id
         tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+        if streamer is not None:
+            streamer(next_token, out.steps[:, -1] if out.steps is not None else
+                     torch.full_like(next_token, depth.total))
         if eos_token_id is not None and bool(finished.all()):
             break
         if tokens.shape[1] < total:

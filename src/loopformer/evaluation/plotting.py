@@ -52,3 +52,17 @@ def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def plot_perplexity(path: Path, steps, perplexity, title: str) -> None:
+    """Validation perplexity against thinking steps (log-scaled steps)."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    ax.plot(steps, perplexity, marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(steps, [str(s) for s in steps])
+    ax.set_xlabel("thinking steps")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

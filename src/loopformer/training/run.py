@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
 from ..config import ModelConfig
+from ..data.tokenizer import load_tokenizer
+from ..model.lm import LoopLM
 from ..tasks import Task, make_task
-from ..tasks.interfaces import TaskModel, build_task_model
+from ..tasks.interfaces import TaskModel, TextLM, build_task_model
 from .checkpoint import CheckpointError, load_weights
 from .config import TrainConfig
 
@@ -31,6 +35,9 @@ def load_run(run_dir: Path) -> tuple[Task, TaskModel, ModelConfig, TrainConfig]:
     """A trained run for evaluation: its task, model (newest weights) and configs. Reads
     config.json and model.safetensors only, never the trainer state."""
     model_cfg, train_cfg = load_config(run_dir)
+    if train_cfg.task == "text":
+        raise CheckpointError(f"{run_dir} is a language model (task 'text'): evaluate it with "
+                              "`loopformer perplexity`")
     task = make_task(train_cfg.task, **train_cfg.task_options)
     model = build_task_model(task, model_cfg)
     load_weights(run_dir, model, model_cfg.to_dict())
@@ -63,3 +70,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
             raise CheckpointError(f"{path} line {number} is not a JSON record; remove it "
                                   "to continue") from None
     return records
+
+
+def load_text_run(run_dir: Path) -> tuple[LoopLM, Tokenizer, ModelConfig, TrainConfig]:
+    """A language-model run (task 'text'): its LoopLM (newest weights), tokenizer and configs.
+    Reads config.json, tokenizer.json and model.safetensors only."""
+    model_cfg, train_cfg = load_config(run_dir)
+    if train_cfg.task != "text":
+        raise CheckpointError(f"{run_dir} trained task {train_cfg.task!r}, not a language "
+                              "model: this command takes a run of `loopformer train --task text`")
+    model = TextLM(model_cfg)
+    load_weights(run_dir, model, model_cfg.to_dict())
+    return model.lm.eval(), load_tokenizer(Path(run_dir) / "tokenizer.json"), model_cfg, \
+        train_cfg

@@ -95,16 +95,25 @@ class TokenSource:
         return TextLM(self.model_cfg)
 
     def prepare(self, out: Path, world: World) -> None:
-        """The main process saves the tokenizer and encodes the corpus once (cached under
-        DIR/tokens/ by files, tokenizer and split); then every process maps the tokens."""
-        key = cache_key(self.files, self.tokenizer, self.cfg.val_fraction, self.cfg.seed)
-        directory = Path(out) / "tokens" / key
+        """The main process saves the tokenizer and encodes the corpus; then every process
+        maps the tokens."""
         if world.is_main:
             self.tokenizer.save(str(Path(out) / "tokenizer.json"))
-            if not (directory / "meta.json").is_file():
-                encode_corpus(documents(self.files), self.tokenizer, directory,
-                              self.cfg.val_fraction, self.cfg.seed)
+            self.encode(out)
         barrier(world)
+        self.open(out)
+
+    def encode(self, out: Path) -> Path:
+        """The corpus encoded once, cached under DIR/tokens/ by files, tokenizer and split."""
+        key = cache_key(self.files, self.tokenizer, self.cfg.val_fraction, self.cfg.seed)
+        directory = Path(out) / "tokens" / key
+        if not (directory / "meta.json").is_file():
+            encode_corpus(documents(self.files), self.tokenizer, directory,
+                          self.cfg.val_fraction, self.cfg.seed)
+        return directory
+
+    def open(self, out: Path) -> None:
+        directory = self.encode(out)
         self.train = TokenSplit(directory, "train", self.seq_len)
         self.val = TokenSplit(directory, "val", self.seq_len)
 
