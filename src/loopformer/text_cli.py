@@ -46,8 +46,9 @@ def perplexity(run_dir: Positional[Path], steps: tuple[int, ...] = (1, 2, 4, 8, 
     write_json_atomic(Path(run_dir) / "perplexity.json",
                       {"steps": list(steps), "perplexity": values})
     plot_perplexity(Path(run_dir) / "perplexity.png", list(steps), values, str(run_dir))
-    print(f"validation perplexity by thinking steps ({train_cfg.eval_examples} windows of "
-          f"{source.seq_len} tokens; trained with mean depth {train_cfg.depth_mean})")
+    windows = min(len(source.val), train_cfg.eval_examples)
+    print(f"validation perplexity by thinking steps ({windows} windows of {source.seq_len} "
+          f"tokens; trained with mean depth {train_cfg.depth_mean})")
     for s, value in zip(steps, values):
         print(f"{s:>6} {value:>10.3f}")
     print(f"wrote {Path(run_dir) / 'perplexity.json'} and perplexity.png in "

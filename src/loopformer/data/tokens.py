@@ -3,9 +3,9 @@ fixed-length sequences.
 
 `encode_corpus` writes `DIR/train.bin` and `DIR/val.bin` (raw uint16 ids where the vocabulary
 allows, else uint32; every document followed by END_OF_TEXT) and, last, `DIR/meta.json`, so a
-directory with meta.json is complete. Each document goes to validation with probability
-`val_fraction`, decided by (seed, document index), so the split is by document and
-reproducible. `TokenSplit` maps a file without reading it; a sequence is a window of
+directory with meta.json is complete. Every k-th document goes to validation (k =
+round(1 / val_fraction), starting at seed mod k): the split is by document, reproducible, and
+spread evenly through the corpus (a book's sections from beginning to end). `TokenSplit` maps a file without reading it; a sequence is a window of
 seq_len + 1 tokens (inputs and next-token labels).
 """
 
@@ -40,14 +40,14 @@ def encode_corpus(docs: Iterable[str], tokenizer: Tokenizer, directory: Path,
     directory.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
     end = end_of_text_id(tokenizer)
+    stride = max(2, round(1 / val_fraction))
     counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
     files = {name: open(directory / f"{name}.bin.tmp", "wb") for name in counts}
     try:
         index = 0
         for batch in _batches(docs, ENCODE_BATCH):
             for encoding in tokenizer.encode_batch(batch):
-                held_out = np.random.default_rng([seed, index]).random() < val_fraction
-                name = "val" if held_out else "train"
+                name = "val" if index % stride == seed % stride else "train"
                 ids = np.asarray([*encoding.ids, end], dtype=dtype)
                 files[name].write(ids.tobytes())
                 counts[name][0] += 1

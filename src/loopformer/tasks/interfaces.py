@@ -131,25 +131,15 @@ class AnswerLM(TaskModel):
     def embed_inputs(self, batch):
         ids = batch["input_ids"]
         self.lm.check_input_ids(ids)
-        ctx = self.backbone.context(*ids.shape, ids.device, batch["attention_mask"])
+        ctx = self.backbone.context(*ids.shape, ids.device, batch.get("attention_mask"))
         return self.lm.embed(ids), ctx
 
     def readout(self, features, batch):
         return self.lm.head(features[:, -1])
 
 
-class TextLM(TaskModel):
-    """A LoopLM trained on text: every position predicts the next token (no padding)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.lm = LoopLM(cfg)
-        self.backbone = self.lm.backbone
-
-    def embed_inputs(self, batch):
-        ids = batch["input_ids"]
-        self.lm.check_input_ids(ids)
-        return self.lm.embed(ids), self.backbone.context(*ids.shape, ids.device)
+class TextLM(AnswerLM):
+    """A LoopLM trained on text: every position predicts the next token."""
 
     def readout(self, features, batch):
         return self.lm.head(features)  # (B, T, vocab)
