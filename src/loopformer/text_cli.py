@@ -24,25 +24,21 @@ def perplexity(run_dir: Positional[Path], steps: tuple[int, ...] = (1, 2, 4, 8, 
         examples: validation windows (default: the run's eval_examples).
     """
     from .evaluation.plotting import plot_perplexity
-    from .tasks.interfaces import TextLM
     from .training.run import load_text_run
     from .training.sources import TokenSource
 
     if not steps or min(steps) < 1:
         raise ValueError(f"--steps needs integers >= 1, got {steps}")
-    lm, _, model_cfg, train_cfg = load_text_run(run_dir)
+    model, _, model_cfg, train_cfg = load_text_run(run_dir)
     if examples is not None:
         if examples < 1:
             raise ValueError(f"--examples must be >= 1, got {examples}")
         train_cfg = train_cfg.replace(eval_examples=examples)
     source = TokenSource(train_cfg, model_cfg, run_dir)
     source.open(run_dir)
-    model = TextLM(model_cfg)
-    model.lm = lm  # the loaded weights, in the interface the source evaluates
-    model.backbone = lm.backbone
     start = time.perf_counter()
     with torch.no_grad():
-        values = [source.evaluate(model.eval(), s)["val_ppl"] for s in steps]
+        values = [source.evaluate(model, s)["val_ppl"] for s in steps]
     write_json_atomic(Path(run_dir) / "perplexity.json",
                       {"steps": list(steps), "perplexity": values})
     plot_perplexity(Path(run_dir) / "perplexity.png", list(steps), values, str(run_dir))
@@ -68,7 +64,8 @@ def generate(run_dir: Positional[Path], prompt: str = "", max_new_tokens: int = 
     """
     from .training.run import load_text_run
 
-    lm, tokenizer, _, _ = load_text_run(run_dir)
+    model, tokenizer, _, _ = load_text_run(run_dir)
+    lm = model.lm
     ids = tokenizer.encode(prompt).ids or [lm.cfg.vocab_size - 1]
     room = lm.cfg.max_seq_len - len(ids)
     if room < 1:
@@ -114,10 +111,10 @@ def export(run_dir: Positional[Path], hf: Path, dtype: Literal["float32", "bfloa
     from .data.tokenizer import END_OF_TEXT
     from .training.run import load_text_run
 
-    lm, tokenizer, model_cfg, _ = load_text_run(run_dir)
+    text_model, tokenizer, model_cfg, _ = load_text_run(run_dir)
     model = LoopForCausalLM(LoopConfig(**model_cfg.to_dict(),
                                        eos_token_id=tokenizer.token_to_id(END_OF_TEXT)))
-    model.model.load_state_dict(lm.state_dict())
+    model.model.load_state_dict(text_model.lm.state_dict())
     model.to(getattr(torch, dtype)).save_pretrained(hf)
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=END_OF_TEXT).save_pretrained(hf)
     print(f"wrote {hf}: `import loopformer.hf` then AutoModelForCausalLM.from_pretrained and "

@@ -9,7 +9,6 @@ from tokenizers import Tokenizer
 
 from ..config import ModelConfig
 from ..data.tokenizer import load_tokenizer
-from ..model.lm import LoopLM
 from ..tasks import Task, make_task
 from ..tasks.interfaces import TaskModel, TextLM, build_task_model
 from .checkpoint import CheckpointError, load_weights
@@ -72,14 +71,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return records
 
 
-def load_text_run(run_dir: Path) -> tuple[LoopLM, Tokenizer, ModelConfig, TrainConfig]:
-    """A language-model run (task 'text'): its LoopLM (newest weights), tokenizer and configs.
-    Reads config.json, tokenizer.json and model.safetensors only."""
+def load_text_run(run_dir: Path) -> tuple[TextLM, Tokenizer, ModelConfig, TrainConfig]:
+    """A language-model run (task 'text'): its model (newest weights; `.lm` is the LoopLM),
+    tokenizer and configs. Reads config.json, tokenizer.json and model.safetensors only."""
     model_cfg, train_cfg = load_config(run_dir)
     if train_cfg.task != "text":
         raise CheckpointError(f"{run_dir} trained task {train_cfg.task!r}, not a language "
                               "model: this command takes a run of `loopformer train --task text`")
     model = TextLM(model_cfg)
     load_weights(run_dir, model, model_cfg.to_dict())
-    return model.lm.eval(), load_tokenizer(Path(run_dir) / "tokenizer.json"), model_cfg, \
-        train_cfg
+    return model.eval(), load_tokenizer(Path(run_dir) / "tokenizer.json"), model_cfg, train_cfg
