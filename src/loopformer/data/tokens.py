@@ -79,13 +79,17 @@ def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def cache_key(files: list[Path], tokenizer: Tokenizer, val_fraction: float, seed: int) -> str:
-    """Names an encoding: the files (path, size, modification time), the tokenizer and the
-    split. A changed file gets a new encoding."""
+def file_identity(files: list[Path]) -> list[str]:
+    """What names a corpus of files: each one's path, size and modification time, so a
+    changed file gets a new encoding."""
+    return [f"{p.resolve()}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in files]
+
+
+def cache_key(identity: list[str], tokenizer: Tokenizer, val_fraction: float, seed: int) -> str:
+    """Names an encoding: the corpus, the tokenizer and the split."""
     digest = hashlib.sha256(tokenizer.to_str().encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    for line in identity:
+        digest.update(f"{line}\n".encode())
     digest.update(f"{val_fraction}|{seed}".encode())
     return digest.hexdigest()[:16]
 

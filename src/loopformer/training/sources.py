@@ -18,7 +18,8 @@ import torch
 from ..config import ModelConfig
 from ..data.corpus import corpus_files, documents
 from ..data.tokenizer import check_fits, load_tokenizer, train_tokenizer
-from ..data.tokens import TokenSplit, cache_key, encode_corpus
+from ..data.default_corpus import default_documents, default_identity
+from ..data.tokens import TokenSplit, cache_key, encode_corpus, file_identity
 from ..evaluation.scoring import accuracy_by_steps
 from ..tasks import make_task
 from ..tasks.interfaces import TaskModel, TextLM, build_task_model
@@ -82,11 +83,15 @@ class TokenSource:
 
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, out: Path):
         self.cfg, self.model_cfg, self.out = cfg, model_cfg, Path(out)
-        self.files = corpus_files(cfg.data)
+        if cfg.data:
+            files = corpus_files(cfg.data)
+            self.documents, self.identity = lambda: documents(files), file_identity(files)
+        else:  # the embedded default corpus (loopformer.data.default_corpus)
+            self.documents, self.identity = default_documents, [default_identity()]
         saved = self.out / "tokenizer.json"  # a run keeps the tokenizer it started with
         source = saved if saved.is_file() else cfg.tokenizer
         self.tokenizer = load_tokenizer(source) if source else \
-            train_tokenizer(documents(self.files), cfg.tokenizer_vocab_size)
+            train_tokenizer(self.documents(), cfg.tokenizer_vocab_size)
         check_fits(self.tokenizer, model_cfg.vocab_size)
         self.seq_len = model_cfg.max_seq_len - 1  # windows of seq_len + 1 tokens
         self.levels, self.max_level = [1], 1
@@ -105,11 +110,11 @@ class TokenSource:
 
     def encode(self, out: Path) -> Path:
         """The corpus encoded once, cached under DIR/tokens/ by files, tokenizer and split."""
-        key = cache_key(self.files, self.tokenizer, self.cfg.val_fraction, self.cfg.seed)
+        key = cache_key(self.identity, self.tokenizer, self.cfg.val_fraction, self.cfg.seed)
         directory = Path(out) / "tokens" / key
         if not (directory / "meta.json").is_file():
-            encode_corpus(documents(self.files), self.tokenizer, directory,
-                          self.cfg.val_fraction, self.cfg.seed)
+            encode_corpus(self.documents(), self.tokenizer, directory, self.cfg.val_fraction,
+                          self.cfg.seed)
         return directory
 
     def open(self, out: Path) -> None:
