@@ -28,9 +28,13 @@ def test_hf_generate_equals_looplm_generate_and_uses_the_cache():
     out = model.generate(ids, max_new_tokens=8, do_sample=False, num_steps=3)
     assert torch.equal(out, lm.generate(ids, max_new_tokens=8, num_steps=3))
     assert lengths == [5] + [1] * 7  # the prefix once, then one new token per call
-    # num_steps defaults to the config's mean_steps, as in LoopLM
+    # num_steps defaults to the config's mean_steps, as in LoopLM; exits pass through
     assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False),
                        lm.generate(ids, max_new_tokens=4))
+    exits = dict(exit_criterion="kl", exit_threshold=1e-2)
+    assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False, num_steps=8,
+                                      **exits),
+                       lm.generate(ids, max_new_tokens=6, num_steps=8, **exits))
 
 
 def test_a_saved_folder_loads_in_both_worlds(tmp_path):
