@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# Every temporary is named ".NAME.XXXXXX.tmp" beside its final NAME.
+# Every temporary is named ".NAME.<random>.tmp" beside its final NAME.
 TEMPORARY_SUFFIX = ".tmp"
 
 

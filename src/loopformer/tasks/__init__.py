@@ -21,7 +21,7 @@ def make_task(name: str, **options) -> Task:
     the generator's signature: a known name, and the kind of value its default has."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-    params = {k: p for k, p in inspect.signature(TASKS[name]).parameters.items()}
+    params = inspect.signature(TASKS[name]).parameters
     for key, value in options.items():
         if key not in params:
             raise ValueError(f"unknown option {key!r} for task {name!r}; its options: "

@@ -22,6 +22,7 @@ from ..data.default_corpus import default_documents, default_identity
 from ..data.tokens import TokenSplit, cache_key, encode_corpus, file_identity
 from ..evaluation.scoring import accuracy_by_steps
 from ..tasks import make_task
+from ..tasks.base import to_device
 from ..tasks.interfaces import TaskModel, TextLM, build_task_model
 from .config import TrainConfig
 from .parallelize import World, barrier
@@ -132,9 +133,10 @@ class TokenSource:
         device = next(model.parameters()).device
         total = tokens = 0.0
         for start in range(0, count, 64):
-            batch = _next_token_batch(self.val.sequences(range(start, min(count, start + 64))))
-            logits = model({k: v.to(device) for k, v in batch.items()}, steps).logits[-1]
-            labels = batch["label"].to(device)
+            batch = to_device(_next_token_batch(
+                self.val.sequences(range(start, min(count, start + 64)))), device)
+            logits = model(batch, steps).logits[-1]
+            labels = batch["label"]
             total += float(torch.nn.functional.cross_entropy(
                 logits.flatten(0, 1).float(), labels.flatten(), reduction="sum"))
             tokens += labels.numel()
