@@ -140,6 +140,9 @@ class ModelConfig(DictConfig):
                  f"must be > 0 or None, got {self.layer_scale_init}")
         for name in ("noise_std", "rope_theta", "norm_eps", "init_std"):
             _require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
+        # Weights drawn with a std far above 1 overflow the logits (found by the property test).
+        _require(self.init_std <= 1, "init_std", f"must be <= 1 (GPT-2 uses 0.02), got "
+                 f"{self.init_std}")
         # The gated update never re-injects e (Chen 2026): e must reach the loop through s_0.
         _require(self.injection != "gated" or self.state_init == "embed", "state_init",
                  "injection='gated' does not re-inject the input, so state_init must be 'embed'")
