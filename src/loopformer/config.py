@@ -6,12 +6,10 @@ Every architectural variant of a recurrent-depth transformer is one field of `Mo
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass
 from typing import Literal
+
+from .fields import DictConfig
 
 Injection = Literal["add", "concat", "lti", "gated"]
 StateInit = Literal["zeros", "embed", "noise"]
@@ -19,42 +17,10 @@ StepEmbedding = Literal["none", "learned", "sinusoidal"]
 NormPlacement = Literal["pre", "sandwich"]
 CoreKind = Literal["recurrent", "fixed"]
 Halting = Literal["none", "act"]
+AttentionKind = Literal["gqa", "mla"]
+FFNKind = Literal["dense", "moe"]
+MoEBalance = Literal["aux-free", "aux-loss"]
 
-
-
-class DictConfig:
-    """replace / to_dict / from_dict for a frozen config dataclass; from_dict names any
-    unknown field; check_types rejects a value of the wrong type naming the field (and makes
-    an int given for a float field a float)."""
-
-    def check_types(self) -> None:
-        """Every field against its annotation: an int field takes an int (not a bool, float
-        or string), a float field a finite int or float, a bool field a bool, a Literal one
-        of its values, an optional field also None; tuples and dicts element by element."""
-        hints = typing.get_type_hints(type(self))
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not _fits(value, hints[field.name]):
-                raise ValueError(f"{type(self).__name__}.{field.name} must be "
-                                 f"{_describe(hints[field.name])}, got {value!r}")
-            takes_float = float in (hints[field.name], *typing.get_args(hints[field.name]))
-            if takes_float and isinstance(value, int):  # JSON's 1 for 1.0: keep tensors float
-                object.__setattr__(self, field.name, float(value))
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}; known fields: "
-                             f"{sorted(known)}")
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -118,6 +84,38 @@ class ModelConfig(DictConfig):
     """Update-gate bias for injection='gated': sigmoid(-2) keeps ~88% of the state per step."""
     init_std: float = 0.02
     """Std of the normal initialisation of linear and embedding weights."""
+    attention: AttentionKind = "gqa"
+    """'gqa': grouped-query attention; 'mla': multi-head latent attention (DeepSeek-V2), whose
+    cache holds one latent and one shared rope key per token."""
+    q_lora_rank: int | None = None
+    """MLA: width of the query bottleneck; None projects queries from the input directly."""
+    kv_lora_rank: int | None = None
+    """MLA: width of the latent that keys and values are rebuilt from; None means d_model/4."""
+    rope_head_dim: int | None = None
+    """MLA: extra rotary dimensions per query head, one rope key shared by all heads; None
+    means head_dim/2 (DeepSeek-V2: 64 beside 128)."""
+    ffn: FFNKind = "dense"
+    """'dense': one SwiGLU; 'moe': routed experts plus shared experts (DeepSeekMoE)."""
+    n_experts: int = 8
+    """MoE: routed experts."""
+    n_shared_experts: int = 1
+    """MoE: experts every token uses."""
+    experts_per_token: int = 2
+    """MoE: routed experts chosen per token (top-k); no token is ever dropped."""
+    expert_hidden: int | None = None
+    """MoE: SwiGLU width of one expert, a multiple of 8; None means the dense width /
+    (k + shared), rounded down to a multiple of 8, so the active parameters match the dense
+    model's."""
+    moe_balance: MoEBalance = "aux-free"
+    """MoE load balancing: 'aux-free' (DeepSeek-V3 selection bias, moved after each update)
+    or 'aux-loss' (Switch Transformer's auxiliary loss, added by the trainer)."""
+    moe_bias_rate: float = 0.001
+    """MoE aux-free: the bias step gamma per update (DeepSeek-V3: 0.001)."""
+    moe_aux_weight: float = 0.01
+    """MoE aux-loss: the weight alpha of the auxiliary loss (Switch Transformer: 0.01)."""
+    step_lora_rank: int = 0
+    """Per-step LoRA adapters on the core's linear layers, one set per thinking step (steps
+    beyond max_step_embeddings reuse the last set); 0 = off."""
 
     def __post_init__(self) -> None:
         self.check_types()
@@ -143,9 +141,42 @@ class ModelConfig(DictConfig):
         # Weights drawn with a std far above 1 overflow the logits (found by the property test).
         _require(self.init_std <= 1, "init_std", f"must be <= 1 (GPT-2 uses 0.02), got "
                  f"{self.init_std}")
+        self._check_variants()
         # The gated update never re-injects e (Chen 2026): e must reach the loop through s_0.
         _require(self.injection != "gated" or self.state_init == "embed", "state_init",
                  "injection='gated' does not re-inject the input, so state_init must be 'embed'")
+
+    def _check_variants(self) -> None:
+        """MLA, MoE and per-step LoRA (DESIGN.md 2.1)."""
+        for name in ("q_lora_rank", "kv_lora_rank"):
+            rank = getattr(self, name)
+            _require(rank is None or 1 <= rank < self.d_model, name,
+                     f"must be >= 1 and smaller than d_model={self.d_model} (a bottleneck), "
+                     f"or None; got {rank}")
+        rope_dim = self.rope_head_dim
+        _require(rope_dim is None or (rope_dim >= 2 and rope_dim % 2 == 0), "rope_head_dim",
+                 f"must be even and >= 2 (RoPE rotates pairs), or None; got {rope_dim}")
+        _require(self.attention == "gqa" or self.n_kv_heads in (None, self.n_heads),
+                 "n_kv_heads", "has no meaning with attention='mla' (keys and values come from "
+                 "one shared latent): leave it None")
+        _require(self.n_experts >= 1, "n_experts", f"must be >= 1, got {self.n_experts}")
+        _require(self.n_shared_experts >= 0, "n_shared_experts",
+                 f"must be >= 0, got {self.n_shared_experts}")
+        _require(1 <= self.experts_per_token <= self.n_experts, "experts_per_token",
+                 f"must lie in [1, n_experts={self.n_experts}], got {self.experts_per_token}")
+        # Grouped matmul kernels read rows aligned to 16 bytes: widths in multiples of 8.
+        _require(self.expert_hidden is None or self.expert_hidden % 8 == 0 and
+                 self.expert_hidden >= 8, "expert_hidden",
+                 f"must be a positive multiple of 8 or None, got {self.expert_hidden}")
+        _require(self.ffn == "dense" or self.d_model % 8 == 0, "d_model",
+                 f"must be a multiple of 8 with ffn='moe' (grouped matmul rows are aligned to "
+                 f"16 bytes), got {self.d_model}")
+        for name in ("moe_bias_rate", "moe_aux_weight"):
+            _require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        _require(self.step_lora_rank >= 0, "step_lora_rank",
+                 f"must be >= 0 (0 = off), got {self.step_lora_rank}")
+        _require(self.step_lora_rank == 0 or self.core == "recurrent", "step_lora_rank",
+                 "needs core='recurrent': the untied baseline has no shared block to adapt")
 
     @property
     def head_dim(self) -> int:
@@ -154,6 +185,26 @@ class ModelConfig(DictConfig):
     @property
     def kv_heads(self) -> int:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def latent_rank(self) -> int:
+        """MLA's kv_lora_rank, resolved."""
+        return self.kv_lora_rank if self.kv_lora_rank is not None else max(1, self.d_model // 4)
+
+    @property
+    def rope_dim(self) -> int:
+        """Rotary dimensions per head: all of head_dim (GQA) or MLA's decoupled rope dims."""
+        if self.attention == "gqa":
+            return self.head_dim
+        return self.rope_head_dim if self.rope_head_dim is not None else \
+            max(2, self.head_dim // 2 // 2 * 2)
+
+    @property
+    def expert_width(self) -> int:
+        if self.expert_hidden is not None:
+            return self.expert_hidden
+        share = self.ffn_width // (self.experts_per_token + self.n_shared_experts)
+        return max(8, share // 8 * 8)
 
     @property
     def ffn_width(self) -> int:
@@ -167,50 +218,6 @@ class ModelConfig(DictConfig):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return PRESETS[name].replace(**overrides)
-
-
-def _fits(value, hint) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if origin is tuple and args[-1:] == (Ellipsis,):
-        return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
-    if origin is tuple:
-        return isinstance(value, tuple) and len(value) == len(args) and \
-            all(_fits(v, a) for v, a in zip(value, args))
-    if origin is dict:
-        return isinstance(value, dict) and all(
-            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:  # inf and nan make no sense in any float field of ours
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-            math.isfinite(value)
-    return isinstance(value, hint)
-
-
-def _describe(hint) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return "None"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is tuple and args[-1:] == (Ellipsis,):
-        return f"a tuple of {_describe(args[0])}"
-    if origin is tuple:
-        return f"a tuple of {len(args)} ({', '.join(_describe(a) for a in args)})"
-    if origin is dict:
-        return f"a dict of {_describe(args[0])} -> {_describe(args[1])}"
-    return {int: "an int", float: "a finite number", bool: "true or false",
-            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -236,4 +243,23 @@ PRESETS: dict[str, ModelConfig] = {
                                n_prelude=2, n_core=4, n_coda=2, injection="concat",
                                state_init="noise", norm="sandwich", max_seq_len=4096,
                                mean_steps=32),
+    # The seeds' OpenMythos model at its reference sizes (DESIGN.md 2.1): MLA (kv latent 512,
+    # query bottleneck 1536, rope 64 beside 128), 64 routed experts of width 512 + 2 shared,
+    # top-4, LTI injection, ACT, per-step LoRA of rank 16 over its 16 loop steps; 2 prelude /
+    # 1 looped / 2 coda blocks, vocab 32000, RoPE base 500000. (OpenMythos keeps its prelude
+    # and coda dense; here ffn="moe" applies to every block.)
+    "openmythos": ModelConfig(vocab_size=32000, d_model=2048, n_heads=16, n_prelude=2,
+                              n_core=1, n_coda=2, injection="lti", halting="act",
+                              attention="mla", q_lora_rank=1536, kv_lora_rank=512,
+                              rope_head_dim=64, ffn="moe", n_experts=64, n_shared_experts=2,
+                              experts_per_token=4, expert_hidden=512, step_lora_rank=16,
+                              max_step_embeddings=16, mean_steps=16, max_seq_len=4096,
+                              rope_theta=500000.0),
+    # A small shared-layer MoE transformer in the spirit of MoEUT (Csordas et al. 2024): no
+    # prelude or coda, a group of 2 blocks looped 8 times, fine-grained routed experts without
+    # shared ones. Sizes are ours (~6M parameters), not the paper's.
+    "moeut-small": ModelConfig(vocab_size=8192, d_model=256, n_heads=4, n_prelude=0, n_core=2,
+                               n_coda=0, injection="add", ffn="moe", n_experts=16,
+                               n_shared_experts=0, experts_per_token=4, expert_hidden=128,
+                               max_seq_len=1024, mean_steps=8),
 }

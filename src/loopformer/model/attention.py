@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .context import AttentionContext
+from .lora import Linear
 from .rope import apply_rope
 
 SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
@@ -23,9 +24,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         # One fused projection for q, k and v: one matmul instead of three.
-        self.qkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim,
-                             bias=False)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.qkv = Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim)
+        self.out = Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, layer: int) -> torch.Tensor:
         """`layer`: this block's index in its region, naming its cache slot."""
@@ -33,20 +33,27 @@ class Attention(nn.Module):
         H, H_kv = self.n_heads, self.n_kv_heads
         # split (not slicing) so that backward joins the gradients with one cat instead of
         # zero-filling a full-size tensor per slice.
-        qk, v = self.qkv(x).view(B, T, H + 2 * H_kv, self.head_dim).split([H + H_kv, H_kv], 2)
+        qkv = self.qkv(x, ctx.step).view(B, T, H + 2 * H_kv, self.head_dim)
+        qk, v = qkv.split([H + H_kv, H_kv], dim=2)
         if ctx.cos is not None:  # queries and keys rotated together: one set of ops
             qk = apply_rope(qk, ctx.cos, ctx.sin)
         q, k = (t.transpose(1, 2) for t in qk.split([H, H_kv], dim=2))
         v = v.transpose(1, 2)
         if ctx.cache is not None:
             k, v = ctx.cache.update(layer, (k, v))
-        gqa = {}
-        if self.n_kv_heads != self.n_heads:
-            if SDPA_HAS_GQA:  # torch >= 2.5 shares each kv head across its group, no copies
-                gqa = {"enable_gqa": True}
-            else:
-                groups = self.n_heads // self.n_kv_heads
-                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal,
-                                           **gqa)
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+        return self.out(attend(q, k, v, ctx).transpose(1, 2).reshape(B, T, -1), ctx.step)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           ctx: AttentionContext) -> torch.Tensor:
+    """SDPA over (B, heads, T, dim) queries and (B, kv_heads, T_keys, dim) keys and values;
+    each kv head serves n_heads / kv_heads query heads."""
+    gqa = {}
+    if k.shape[1] != q.shape[1]:
+        if SDPA_HAS_GQA:  # torch >= 2.5 shares each kv head across its group, no copies
+            gqa = {"enable_gqa": True}
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal,
+                                          **gqa)

@@ -22,7 +22,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta) \
+        self.rope = RotaryEmbedding(cfg.rope_dim, cfg.max_seq_len, cfg.rope_theta) \
             if cfg.rope else None
         self.prelude = BlockStack(cfg, cfg.n_prelude)
         self.core = RecurrentCore(cfg) if cfg.core == "recurrent" else FixedDepthCore(cfg)
@@ -34,8 +34,10 @@ class Backbone(nn.Module):
                 structure_mask: torch.Tensor | None = None,
                 writer: CacheWriter | None = None) -> AttentionContext:
         """Attention inputs for `length` new tokens (after the writer's cached ones)."""
-        return make_context(self.rope, self.cfg.causal, batch, length, device, attention_mask,
-                            structure_mask, writer)
+        cfg = self.cfg
+        return make_context(self.rope, cfg.causal, batch, length, device, attention_mask,
+                            structure_mask, writer,
+                            collect_moe_losses=cfg.ffn == "moe" and cfg.moe_balance == "aux-loss")
 
     def encode(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """The prelude: embeddings -> e, the input injected into every core step."""
@@ -56,4 +58,7 @@ class Backbone(nn.Module):
                                     observers=[*observers, *filter(None, [collector])],
                                     initial_state=initial_state, generator=generator)
         states = collector.states if all_steps else [core_out.state]
-        return [self.decode(s, ctx) for s in states], core_out
+        features = [self.decode(s, ctx) for s in states]
+        if ctx.moe_losses:  # the mean over every MoE layer call of this pass
+            core_out.aux_loss = torch.stack(ctx.moe_losses).mean()
+        return features, core_out

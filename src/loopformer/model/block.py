@@ -8,8 +8,13 @@ from torch import nn
 from ..config import ModelConfig
 from .attention import Attention
 from .context import AttentionContext
+from .mla import LatentAttention
 from .mlp import SwiGLU
+from .moe import MoE
 from .norm import RMSNorm
+
+ATTENTIONS = {"gqa": Attention, "mla": LatentAttention}
+FFNS = {"dense": SwiGLU, "moe": MoE}
 
 
 class LayerScale(nn.Module):
@@ -36,12 +41,12 @@ class PreNormBlock(nn.Module):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn, self.mlp = Attention(cfg), SwiGLU(cfg)
+        self.attn, self.mlp = ATTENTIONS[cfg.attention](cfg), FFNS[cfg.ffn](cfg)
         self.attn_scale, self.mlp_scale = _branch_scale(cfg), _branch_scale(cfg)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, layer: int) -> torch.Tensor:
         x = x + self.attn_scale(self.attn(self.attn_norm(x), ctx, layer))
-        return x + self.mlp_scale(self.mlp(self.mlp_norm(x)))
+        return x + self.mlp_scale(self.mlp(self.mlp_norm(x), ctx))
 
 
 class SandwichBlock(PreNormBlock):
@@ -54,7 +59,7 @@ class SandwichBlock(PreNormBlock):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, layer: int) -> torch.Tensor:
         x = self.attn_out_norm(x + self.attn_scale(self.attn(self.attn_norm(x), ctx, layer)))
-        return self.mlp_out_norm(x + self.mlp_scale(self.mlp(self.mlp_norm(x))))
+        return self.mlp_out_norm(x + self.mlp_scale(self.mlp(self.mlp_norm(x), ctx)))
 
 
 BLOCKS = {"pre": PreNormBlock, "sandwich": SandwichBlock}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,22 +25,27 @@ class AttentionContext:
     token_mask: torch.Tensor  # (B, T) bool, True = real token, False = padding
     writer: CacheWriter | None = None  # this call's writer into a KVCache
     cache: SlotView | None = None  # the slots of the blocks being run (see `at`)
+    # The core step's row in per-step tables (LoRA adapters, MoE load): a 0-d long tensor, so
+    # that one compiled step serves every step; None outside the core.
+    step: torch.Tensor | None = None
+    moe_losses: list | None = None  # MoE auxiliary losses of this call (moe_balance="aux-loss")
 
-    def at(self, region: str, step: int, layers: int) -> "AttentionContext":
-        """The context for the `layers` blocks of one region (and core step): with a cache,
-        their slots are resolved here, outside any compiled region, so compiled code only
-        writes tensors at an offset."""
-        if self.writer is None:
+    def at(self, region: str, step: int, layers: int,
+           row: torch.Tensor | None = None) -> "AttentionContext":
+        """The context for the `layers` blocks of one region (and core step, whose table row
+        is `row`): with a cache, their slots are resolved here, outside any compiled region,
+        so compiled code only writes tensors at an offset."""
+        if self.writer is None and row is None:
             return self
-        return AttentionContext(self.cos, self.sin, self.mask, self.is_causal, self.positions,
-                                self.token_mask, self.writer,
-                                self.writer.view(region, step, layers))
+        view = None if self.writer is None else self.writer.view(region, step, layers)
+        return replace(self, cache=view, step=row)
 
 
 def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length: int,
                  device: torch.device, attention_mask: torch.Tensor | None = None,
                  structure_mask: torch.Tensor | None = None,
-                 writer: CacheWriter | None = None) -> AttentionContext:
+                 writer: CacheWriter | None = None,
+                 collect_moe_losses: bool = False) -> AttentionContext:
     """Attention inputs for `length` new tokens (after the cache's past tokens, if any)."""
     cache = writer.cache if writer is not None else None
     past = cache.seq_len if cache is not None else 0
@@ -66,7 +71,8 @@ def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length:
     start = cache.next_position if past else torch.zeros(batch, dtype=torch.long, device=device)
     positions = start[:, None] + (new_mask.long().cumsum(1) - 1).clamp(min=0)
     cos, sin = rope(positions) if rope is not None else (None, None)
-    common = dict(positions=positions, token_mask=new_mask, writer=writer)
+    common = dict(positions=positions, token_mask=new_mask, writer=writer,
+                  moe_losses=[] if collect_moe_losses else None)
 
     keys = new_mask if not past else torch.cat((cache.key_mask, new_mask), dim=1)
     # Without a mask or a cache nothing is padded: no need to read the mask back (a device sync).

@@ -19,6 +19,7 @@ from .context import AttentionContext
 from .depth import Depth
 from .halting import ACTObserver, HaltingUnit
 from .injection import INJECTIONS, STEP_EMBEDDINGS, LTIInjection, init_state
+from .lora import add_step_adapters
 from .norm import RMSNorm
 from .observers import CoreOutput, StepObserver
 
@@ -30,6 +31,8 @@ class RecurrentCore(nn.Module):
         self.injection = INJECTIONS[cfg.injection](cfg)
         self.step_embedding = STEP_EMBEDDINGS[cfg.step_embedding](cfg)
         self.blocks = BlockStack(cfg, cfg.n_core)
+        if cfg.step_lora_rank:
+            add_step_adapters(self.blocks, cfg.step_lora_rank, cfg.max_step_embeddings)
         # A pre-norm residual stream grows with every step (|s_T| ~ T under "add"); renormalising
         # the stack's output keeps the state bounded. Sandwich blocks already end in a norm, and
         # the LTI update bounds the state itself.
@@ -61,10 +64,11 @@ class RecurrentCore(nn.Module):
             running, frozen = _masks(observers, [obs.start(s, depth) for obs in observers])
         grad = torch.is_grad_enabled()
         steps_run = 0
+        rows = step_rows(self.cfg, depth.total, e.device)
         for t in range(depth.total):
             with torch.set_grad_enabled(grad and t >= depth.no_grad):
                 s_next = self(s, injected, self.step_embedding(t, s),
-                              ctx.at("core", t, len(self.blocks)))
+                              ctx.at("core", t, len(self.blocks), rows and rows[t]))
                 if frozen is not None:  # stopped tokens keep their state
                     s_next = torch.where(frozen[..., None], s_next, s)
             s, steps_run = s_next, t + 1
@@ -84,6 +88,14 @@ class RecurrentCore(nn.Module):
         if not isinstance(self.injection, LTIInjection):
             return None
         return float(self.injection.decay().detach().max())
+
+
+def step_rows(cfg: ModelConfig, steps: int, device: torch.device) -> list | None:
+    """Each step's row in the per-step tables (LoRA adapters, MoE load) as 0-d tensors, the
+    last row reused past the table; None when the model has no such table."""
+    if not cfg.step_lora_rank and cfg.ffn != "moe":
+        return None
+    return list(torch.arange(steps, device=device).clamp(max=cfg.max_step_embeddings - 1))
 
 
 def _masks(observers: list[StepObserver], masks: list[torch.Tensor | None]):
@@ -121,9 +133,10 @@ class FixedDepthCore(nn.Module):
         s = init_state(self.cfg.state_init, e, self.cfg.noise_std, generator)
         for obs in observers:
             obs.start(s, Depth(len(self.layers) - 1, 1))  # only the final state is a step
+        rows = step_rows(self.cfg, len(self.layers), e.device)
         for t, layer in enumerate(self.layers):
             s = layer(s, layer.injection.prepare(e), layer.step_embedding(t, s),
-                      ctx.at("core", t, len(layer.blocks)))
+                      ctx.at("core", t, len(layer.blocks), rows and rows[t]))
             for obs in observers:
                 obs.observe(t, s)
         out = CoreOutput(state=s, steps=len(self.layers), token_steps=torch.full_like(

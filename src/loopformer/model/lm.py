@@ -18,6 +18,7 @@ from .cache import KVCache, cache_slots
 from .context import AttentionContext
 from .depth import Depth
 from .exits import DEFAULT_EXIT_ENTROPY, ExitRule
+from .lora import is_adapter
 from .observers import CoreOutput, StepObserver
 from .weights import init_weights
 
@@ -33,6 +34,7 @@ class LoopLMOutput:
     steps: torch.Tensor | None = None  # (B, T): core steps each token used
     state: torch.Tensor | None = None  # (B, T, d): the final core state of each token
     ponder: torch.Tensor | None = None  # (B, T): ACT's ponder cost N + R, if halting="act"
+    aux_loss: torch.Tensor | None = None  # MoE balancing loss in training ("aux-loss")
 
 
 class NextTokenLoss(nn.Module):
@@ -78,10 +80,12 @@ class LoopLM(nn.Module):
         save_model(self, str(directory / "model.safetensors"))  # stores tied weights once
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu"
-                        ) -> "LoopLM":
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        **overrides) -> "LoopLM":
         """A model written by save_pretrained, or by LoopForCausalLM.save_pretrained
-        (loopformer.hf), in eval mode. Weights load from safetensors only."""
+        (loopformer.hf), in eval mode. Weights load from safetensors only. `overrides` change
+        config fields; adding `step_lora_rank=r` to a model saved without adapters gives it
+        fresh (zero) adapters, to fine-tune on top of the tied weights."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file() or not (directory / "model.safetensors").is_file():
@@ -93,11 +97,12 @@ class LoopLM(nn.Module):
                              f"model_type {MODEL_TYPE!r}")
         if "architectures" in data:  # written by transformers (loopformer.hf): keep ours
             data = {k: v for k, v in data.items() if k in ModelConfig.__dataclass_fields__}
-        model = cls(ModelConfig.from_dict(data))
+        model = cls(ModelConfig.from_dict({**data, **overrides}))
         weights = load_file(directory / "model.safetensors", device=str(device))
         if all(k.startswith("model.") for k in weights):  # LoopForCausalLM holds us as .model
             weights = {k.removeprefix("model."): v for k, v in weights.items()}
         missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if not is_adapter(k)]  # new adapters start at zero
         if missing or unexpected:
             raise ValueError(f"{directory / 'model.safetensors'} does not fit its config: "
                              f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
@@ -200,7 +205,7 @@ class LoopLM(nn.Module):
         return LoopLMOutput(logits=logits, loss=loss,
                             past_key_values=cache if use_cache else None,
                             steps=core_out.token_steps, state=core_out.state,
-                            ponder=core_out.ponder)
+                            ponder=core_out.ponder, aux_loss=core_out.aux_loss)
 
     def _runs_every_step(self, cache: KVCache, exit_rule: ExitRule | None) -> bool:
         """Whether a cached call writes every slot of its depth, so that the writer can

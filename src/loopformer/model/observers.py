@@ -25,6 +25,7 @@ class CoreOutput:
     token_steps: torch.Tensor  # (B, T) steps each token used (exits / ACT: its own)
     ponder: torch.Tensor | None = None  # (B, T) ACT's N + R
     step_weights: torch.Tensor | None = None  # (B, T, steps) ACT's weight of each step
+    aux_loss: torch.Tensor | None = None  # MoE balancing loss (moe_balance="aux-loss")
 
 
 class StepObserver:

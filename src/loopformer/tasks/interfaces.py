@@ -32,6 +32,7 @@ class TaskOutput:
     logits: list[torch.Tensor]  # (B, classes) per requested step (one: the final step)
     steps: torch.Tensor  # (B,) core steps spent on each example (its slowest real token)
     ponder: torch.Tensor | None = None  # (B,) ACT's mean N + R over the example's tokens
+    aux_loss: torch.Tensor | None = None  # MoE balancing loss, for the trainer to add
 
 
 class TaskModel(nn.Module, ABC):
@@ -64,7 +65,8 @@ class TaskModel(nn.Module, ABC):
         ponder = None
         if core_out.ponder is not None:
             ponder = (core_out.ponder * real).sum(1) / real.sum(1).clamp_min(1)
-        return TaskOutput([self.readout(f, batch) for f in features], steps, ponder)
+        return TaskOutput([self.readout(f, batch) for f in features], steps, ponder,
+                          core_out.aux_loss)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -8,6 +8,7 @@ import contextlib
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from ..compile import compile_regions
 from ..config import ModelConfig
 from ..model.depth import Depth
+from ..model.moe import update_balance
 from ..tasks.base import to_device
 from ..tasks.interfaces import TaskModel
 from .checkpoint import (CheckpointError, full_state, has_checkpoint, load_checkpoint,
@@ -56,6 +58,8 @@ def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: 
         loss = (1 - alpha) * final + alpha * per_step
     if out.ponder is not None:  # ACT: pay for every step taken (Graves 2016)
         loss = loss + ponder_cost * out.ponder.mean()
+    if out.aux_loss is not None:  # MoE load balancing (already weighted by moe_aux_weight)
+        loss = loss + out.aux_loss
     accuracy = (logits[-1].argmax(-1) == labels).float().mean()
     return loss, accuracy
 
@@ -210,11 +214,12 @@ class Trainer:
                     f"before applying it, the last checkpoint in {self.out} is kept (lower "
                     "--train.lr or raise --train.warmup-updates)")
             self.optimizer.step()
+            routing = update_balance(self.model, partial(sum_over_world, world=self.world))
             self.update += 1
             tokens += _tokens_in(batch)
             record = {"update": self.update, "loss": loss, "train_acc": acc,
                       "lr": lr_at(cfg, update), "grad_norm": grad_norm,
-                      "num_steps": depth.total, "max_level": self.max_level}
+                      "num_steps": depth.total, "max_level": self.max_level, **routing}
             if self.update % cfg.eval_every == 0 or self.update == cfg.updates:
                 # Every process evaluates the same sets, so curriculum levels stay in step.
                 last_eval = self.evaluate()
