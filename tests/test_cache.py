@@ -3,19 +3,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import INJECTION_SETUPS, CompileCounter, tiny_model
+from conftest import INJECTION_SETUPS, CompileCounter, decode_in_pieces, tiny_model
 from loopformer import Depth, KVCache
 from loopformer.model.cache import cache_slots
-
-
-def decode_in_pieces(model, ids, cuts, num_steps):
-    out, pieces, start = None, [], 0
-    for end in [*cuts, ids.shape[1]]:
-        out = model(ids[:, start:end], num_steps, use_cache=True,
-                    past_key_values=out.past_key_values if out else None)
-        pieces.append(out.logits)
-        start = end
-    return torch.cat(pieces, dim=1), out.past_key_values
 
 
 @pytest.mark.parametrize("norm", ["pre", "sandwich"])

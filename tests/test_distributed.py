@@ -24,22 +24,22 @@ def config(updates: int) -> TrainConfig:
                        lr=3e-3, depth_low=2, depth_high=4)
 
 
-def _train(rank, world, port, out, updates, resume, parallel, grad_accum):
+def _train(rank, world, port, out, updates, resume, parallel, grad_accum, model):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
-        Trainer(MODEL, config(updates), out, progress=False, device="cpu", parallel=parallel,
+        Trainer(model, config(updates), out, progress=False, device="cpu", parallel=parallel,
                 grad_accum=grad_accum).fit(resume=resume)
     finally:
         dist.destroy_process_group()
 
 
-def train_on_processes(world, out, updates, parallel, resume=False, grad_accum=1):
+def train_on_processes(world, out, updates, parallel, resume=False, grad_accum=1, model=MODEL):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_train, args=(world, port, out, updates, resume, parallel, grad_accum),
+    mp.spawn(_train, args=(world, port, out, updates, resume, parallel, grad_accum, model),
              nprocs=world, join=True)
 
 
@@ -74,6 +74,20 @@ def test_two_processes_train_like_one_and_resume(tmp_path, parallel, grad_accum)
     switched = weights(tmp_path / "switched")
     for name, value in one.items():
         torch.testing.assert_close(switched[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_mla_moe_and_step_adapters_shard_like_one_process(tmp_path):
+    """FSDP2 over the 3-d expert weights and adapter tables; the routed load is summed over
+    processes, so the aux-free biases move exactly as in one process."""
+    from conftest import MLA, MOE
+
+    model = MODEL.replace(**MLA, **MOE, step_lora_rank=2)
+    Trainer(model, config(2), tmp_path / "one", progress=False, device="cpu").fit()
+    train_on_processes(2, tmp_path / "two", 2, "fsdp", model=model)
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert any(name.endswith("mlp.bias") and value.abs().sum() > 0 for name, value in one.items())
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])

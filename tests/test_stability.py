@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import INJECTION_SETUPS, tiny_model
+from conftest import INJECTION_SETUPS, VARIANTS, build_variant, tiny_model
 from loopformer.model.injection import LTI_MAX_DECAY
 from loopformer.model.observers import StateCollector
 
@@ -47,22 +47,38 @@ def test_spectral_radius_is_none_without_lti():
     assert tiny_model(injection="concat").spectral_radius() is None
 
 
-@pytest.mark.parametrize("setup", INJECTION_SETUPS, ids=lambda d: d["injection"])
-@pytest.mark.parametrize("norm", ["pre", "sandwich"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_long_unroll_stays_finite_and_bounded(setup, norm, dtype):
-    """256 steps, far past any training depth: the state neither explodes nor drifts upward."""
-    model = tiny_model(norm=norm, **setup).to(dtype)
-    ids = torch.randint(0, 64, (2, 12))
+def assert_bounded_unroll(model, steps=256):
+    """`steps` core steps, far past any training depth: the state neither explodes nor drifts
+    upward."""
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 12))
     bb = model.backbone
     ctx = bb.context(2, 12, ids.device)
     with torch.no_grad():
         e = bb.encode(model.embed(ids), ctx)
         collector = StateCollector()
-        bb.core.unroll(e, ctx, 256, observers=[collector])
+        bb.core.unroll(e, ctx, steps, observers=[collector])
         states = collector.states
     rms = torch.stack([s.float().pow(2).mean(-1).sqrt().max() for s in states])
     assert torch.isfinite(rms).all()
-    early, late = rms[:128].max(), rms[128:].max()
+    early, late = rms[:steps // 2].max(), rms[steps // 2:].max()
     assert late <= 1.5 * early + 1e-3, (early, late)
     assert late < 100.0
+
+
+@pytest.mark.parametrize("setup", INJECTION_SETUPS, ids=lambda d: d["injection"])
+@pytest.mark.parametrize("norm", ["pre", "sandwich"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_long_unroll_stays_finite_and_bounded(setup, norm, dtype):
+    assert_bounded_unroll(tiny_model(norm=norm, **setup).to(dtype))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_long_unroll_of_every_variant_stays_bounded(variant, dtype):
+    """MLA, MoE and active per-step adapters (steps past their table reuse the last one) under
+    concat (Huginn) and lti (OpenMythos), and the scaled-down presets (ACT off: it would stop
+    the loop once every token halts)."""
+    preset = variant.startswith("preset-")
+    for setup in [dict(halting="none")] if preset else INJECTION_SETUPS[1:3]:
+        model = build_variant(variant, **setup)
+        assert_bounded_unroll(model.to(dtype))

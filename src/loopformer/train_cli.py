@@ -223,7 +223,11 @@ def train(argv: list[str]) -> None:
         leave_world()
     if trainer.world.is_main:
         what = "validation" if train_cfg.task == "text" else "held-out accuracy by complexity"
-        print(f"trained {trainer.model.num_parameters():,} parameters for {trainer.update} "
+        model = trainer.model
+        active = model.num_parameters(active=True)
+        params = f"{model.num_parameters():,} parameters" + (
+            f" ({active:,} active per token)" if active != model.num_parameters() else "")
+        print(f"trained {params} for {trainer.update} "
               f"updates in {time.perf_counter() - start:.0f}s; {what}: "
               + ", ".join(f"{c}: {a:.3f}" for c, a in result.items()))
 

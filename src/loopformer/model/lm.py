@@ -20,7 +20,7 @@ from .depth import Depth
 from .exits import DEFAULT_EXIT_ENTROPY, ExitRule
 from .lora import is_adapter
 from .observers import CoreOutput, StepObserver
-from .weights import init_weights
+from .weights import count_parameters, init_weights
 
 
 MODEL_TYPE = "loopformer"  # config.json's model_type, as in Hugging Face folders
@@ -108,8 +108,9 @@ class LoopLM(nn.Module):
                              f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
         return model.to(device).eval()
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, active: bool = False) -> int:
+        """All parameters, or with `active` those one token uses (MoE: k of n experts)."""
+        return count_parameters(self, active)
 
     def spectral_radius(self) -> float | None:
         """rho of the state-to-state linear map for injection='lti', else None."""

@@ -103,18 +103,21 @@ class MoE(nn.Module):
             ctx.moe_losses.append(self.aux_weight * self.n_experts * (share * mean_prob).sum())
 
 
-# Devices whose torch has a grouped matmul for any float dtype (CUDA's fast kernel is for bf16
-# on sm90+, with a fallback for the rest).
-GROUPED_MM_DEVICES = ("cpu", "cuda")
+def grouped_mm_fits(x: torch.Tensor) -> bool:
+    """Whether torch's grouped matmul takes x: its fast kernel wants bf16 on CUDA, and only the
+    CPU's eager fallback takes any float dtype (its compiled form checks for bf16 too)."""
+    if x.is_cuda:
+        return x.dtype == torch.bfloat16
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def expert_matmul(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor,
                   grouped: bool | None = None) -> torch.Tensor:
     """Rows of x (N, in) sorted by expert, rows offsets[i-1]:offsets[i] belonging to expert
-    i, times weight[i] (E, out, in) transposed: one grouped matmul, or (on other devices, or
-    grouped=False) one matmul per expert."""
+    i, times weight[i] (E, out, in) transposed: one grouped matmul where torch has one for x
+    (grouped=None asks grouped_mm_fits), else one matmul per expert."""
     w = weight.to(x.dtype).transpose(1, 2)
-    if grouped if grouped is not None else x.device.type in GROUPED_MM_DEVICES:
+    if grouped_mm_fits(x) if grouped is None else grouped:
         return F.grouped_mm(x, w, offs=offsets)
     sizes = torch.diff(offsets, prepend=offsets.new_zeros(1)).tolist()
     return torch.cat([part @ w[i] for i, part in enumerate(x.split(sizes))])

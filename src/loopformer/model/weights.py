@@ -15,3 +15,16 @@ def init_weights(root: nn.Module, std: float) -> None:
     for m in root.modules():
         if not isinstance(m, (nn.Linear, nn.Embedding)) and hasattr(m, "reset_parameters"):
             m.reset_parameters()
+
+
+def count_parameters(root: nn.Module, active: bool = False) -> int:
+    """Parameters of `root`; with `active`, those one token uses: a MoE layer's routed
+    experts count k / n_experts of theirs (DeepSeekMoE's "activated parameters")."""
+    from .moe import MoE  # the one variant whose parameters a token does not all use
+
+    total = sum(p.numel() for p in root.parameters())
+    if active:
+        for m in root.modules():
+            if isinstance(m, MoE):
+                total -= (m.gate_up.numel() + m.down.numel()) * (m.n_experts - m.k) // m.n_experts
+    return total

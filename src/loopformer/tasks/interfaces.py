@@ -23,7 +23,7 @@ from ..model.depth import Depth
 from ..model.exits import ExitRule
 from ..model.lm import LoopLM
 from ..model.observers import StepObserver
-from ..model.weights import init_weights
+from ..model.weights import count_parameters, init_weights
 from .base import Task
 
 
@@ -68,8 +68,9 @@ class TaskModel(nn.Module, ABC):
         return TaskOutput([self.readout(f, batch) for f in features], steps, ponder,
                           core_out.aux_loss)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, active: bool = False) -> int:
+        """All parameters, or with `active` those one token uses (MoE: k of n experts)."""
+        return count_parameters(self, active)
 
 
 class GraphReasoner(TaskModel):
