@@ -31,3 +31,19 @@ def test_fsdp_gathers_the_looped_core_once_whatever_the_depth():
     assert shallow == deep
     predicted = predicted_wire_bytes(**unit_params(cfg), parallel="fsdp", world=WORLD)
     assert abs(wire_bytes(deep, "fsdp") - predicted) < 0.01 * predicted  # shard padding
+
+
+def test_variant_rows_compare_cache_sizes_and_active_parameters():
+    from benchmarks.variants import attention_rows, ffn_rows
+
+    base = tiny_config(d_model=64, n_heads=8, n_kv_heads=None)
+    attention = attention_rows(prompt=8, new_tokens=2, repeats=1, base=base)
+    mha, gqa, mla, small_mla = (r["cache B/token"] for r in attention)
+    assert mha == 4 * gqa and small_mla < mla < gqa
+    dense, moe, wide = ffn_rows(batch=2, seq=8, repeats=1, base=base)
+    assert dense["params"] < moe["params"] < wide["params"]
+    # Active: top-2 + 1 shared experts of width 64 make the dense 192; the routers' rows (8 or
+    # 16 experts x d 64, in 3 blocks) are the only difference.
+    assert moe["active params"] - dense["params"] == 3 * 8 * 64
+    assert wide["active params"] - dense["params"] == 3 * 16 * 64
+    assert all(r["train MFLOP/token"] > 0 and r["train tok/s"] > 0 for r in (dense, moe, wide))

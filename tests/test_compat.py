@@ -55,3 +55,21 @@ def test_an_old_run_resumes_to_the_weights_of_the_old_version(old_run):
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["update"] for line in lines] == [1, 2, 3]
+
+
+def test_a_checkpoint_from_before_a_new_config_field_still_loads(tmp_path):
+    """Weights record the config they were trained with; a field added since (MLA, MoE, LoRA
+    in 0.3) held its default then, so the checkpoint still fits."""
+    from safetensors.torch import save_file
+
+    from loopformer import ModelConfig
+    from loopformer.training.checkpoint import CONFIG_KEY, CheckpointError, read_weights
+
+    current = ModelConfig().to_dict()
+    older = {k: v for k, v in current.items()
+             if k not in ("attention", "ffn", "n_experts", "step_lora_rank")}
+    save_file({"w": torch.zeros(2)}, tmp_path / "model.safetensors",
+              metadata={CONFIG_KEY: json.dumps(older)})
+    assert set(read_weights(tmp_path, current)) == {"w"}
+    with pytest.raises(CheckpointError, match="ffn"):
+        read_weights(tmp_path, {**current, "ffn": "moe"})

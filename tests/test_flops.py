@@ -34,3 +34,17 @@ def test_attention_backward_is_five_products():
     forward = count_flops(lambda: F.scaled_dot_product_attention(q, k, v))["total"]
     both = count_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward())
     assert both["total"] == forward * 7 // 2  # 2 products forward, 5 backward
+
+
+def test_grouped_expert_matmul_counts_like_one_matmul_per_expert():
+    from loopformer.model.moe import expert_matmul
+
+    x, w = torch.randn(12, 16, requires_grad=True), torch.randn(3, 8, 16, requires_grad=True)
+    offsets = torch.tensor([5, 5, 12], dtype=torch.int32)
+
+    def step(grouped):
+        y = expert_matmul(x, w, offsets, grouped=grouped)
+        (y * y).sum().backward()
+
+    grouped, looped = count_flops(lambda: step(True)), count_flops(lambda: step(False))
+    assert grouped["total"] == looped["total"] == 3 * 2 * 12 * 16 * 8  # forward, dx, dw

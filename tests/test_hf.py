@@ -58,3 +58,20 @@ def test_a_saved_folder_loads_in_both_worlds(tmp_path):
 def test_an_invalid_config_is_refused():
     with pytest.raises(ValueError, match="ModelConfig.n_heads"):
         LoopConfig(d_model=30, n_heads=4).model_config()
+
+
+def test_the_openmythos_variants_round_trip_through_hf(tmp_path):
+    """MLA, MoE (its saved selection bias, its unsaved load counts) and per-step adapters."""
+    from conftest import build_variant
+    from loopformer.model.moe import MoE
+
+    lm = build_variant("preset-openmythos")
+    for m in lm.modules():
+        if isinstance(m, MoE):
+            m.bias.normal_()
+    hf_model(lm).save_pretrained(tmp_path)
+    auto = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert all(m.load.abs().sum() == 0 for m in auto.modules() if isinstance(m, MoE))
+    ids = torch.randint(0, lm.cfg.vocab_size, (1, 6), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(auto.generate(ids, max_new_tokens=6, do_sample=False, num_steps=4),
+                       lm.generate(ids, max_new_tokens=6, num_steps=4))

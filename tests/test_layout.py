@@ -8,7 +8,8 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "src" / "loopformer"
 # What each part may import at module level (besides itself).
 ALLOWED = {
-    "config": {"fields"}, "fields": set(), "files": set(), "flops": set(), "memory": set(), "data": {"files"},
+    "config": {"fields"}, "fields": set(), "files": set(), "flops": set(), "memory": set(),
+    "data": {"files"},
     "model": {"config"},
     "generation": {"model", "config"}, "compile": {"model", "config"},
     "tasks": {"model", "config"},

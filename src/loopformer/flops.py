@@ -5,7 +5,8 @@ torch.utils.flop_counter has formulas for the CUDA attention kernels but none fo
 as zero FLOPs. Importing this module registers them: the forward is two matrix products
 (Q K^T and P V), the backward five (Q K^T recomputed, then dP, dV, dQ and dK), each
 2 * B * H_q * S_q * S_k * D FLOPs, counted only below the diagonal when is_causal (the pairs a
-causal kernel must compute), so the count never credits skipped work.
+causal kernel must compute), so the count never credits skipped work. The experts' grouped matmul (`torch._grouped_mm`) has
+no formula either: it is taught here too.
 """
 
 from __future__ import annotations
@@ -37,8 +38,19 @@ def _cpu_flash_backward_flops(grad_out_shape, query_shape, key_shape, value_shap
     return 5 * attention_products_flops(query_shape, key_shape, is_causal)
 
 
+def _grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """torch._grouped_mm (the MoE experts): every row of the jagged operand meets one group's
+    matrix. (M, K) x (G, K, N) and (K, M) x (M, N) (the weight gradient) are 2*M*K*N;
+    (G, M, K) x (G, K, N) is G times that."""
+    if len(a_shape) == 3 and len(b_shape) == 3:
+        groups, m, k = a_shape
+        return 2 * groups * m * k * b_shape[2]
+    return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
+
+
 for _op, _formula in ((_CPU_FLASH, _cpu_flash_forward_flops),
-                      (_CPU_FLASH_BACKWARD, _cpu_flash_backward_flops)):
+                      (_CPU_FLASH_BACKWARD, _cpu_flash_backward_flops),
+                      (torch.ops.aten._grouped_mm, _grouped_mm_flops)):
     if _op not in flop_registry:  # a torch that counts them itself keeps its own formula
         register_flop_formula(_op)(_formula)
 

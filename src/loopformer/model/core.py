@@ -68,7 +68,7 @@ class RecurrentCore(nn.Module):
         for t in range(depth.total):
             with torch.set_grad_enabled(grad and t >= depth.no_grad):
                 s_next = self(s, injected, self.step_embedding(t, s),
-                              ctx.at("core", t, len(self.blocks), rows and rows[t]))
+                              ctx.at("core", t, len(self.blocks), rows[t]))
                 if frozen is not None:  # stopped tokens keep their state
                     s_next = torch.where(frozen[..., None], s_next, s)
             s, steps_run = s_next, t + 1
@@ -90,11 +90,11 @@ class RecurrentCore(nn.Module):
         return float(self.injection.decay().detach().max())
 
 
-def step_rows(cfg: ModelConfig, steps: int, device: torch.device) -> list | None:
+def step_rows(cfg: ModelConfig, steps: int, device: torch.device) -> list:
     """Each step's row in the per-step tables (LoRA adapters, MoE load) as 0-d tensors, the
-    last row reused past the table; None when the model has no such table."""
+    last row reused past the table; None for every step when the model has no such table."""
     if not cfg.step_lora_rank and cfg.ffn != "moe":
-        return None
+        return [None] * steps
     return list(torch.arange(steps, device=device).clamp(max=cfg.max_step_embeddings - 1))
 
 
@@ -136,7 +136,7 @@ class FixedDepthCore(nn.Module):
         rows = step_rows(self.cfg, len(self.layers), e.device)
         for t, layer in enumerate(self.layers):
             s = layer(s, layer.injection.prepare(e), layer.step_embedding(t, s),
-                      ctx.at("core", t, len(layer.blocks), rows and rows[t]))
+                      ctx.at("core", t, len(layer.blocks), rows[t]))
             for obs in observers:
                 obs.observe(t, s)
         out = CoreOutput(state=s, steps=len(self.layers), token_steps=torch.full_like(

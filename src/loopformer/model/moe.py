@@ -54,6 +54,11 @@ class MoE(nn.Module):
         nn.init.normal_(self.gate_up, std=self.init_std)
         nn.init.normal_(self.down, std=self.init_std)
 
+    def reset_buffers(self) -> None:
+        """Clear the load counts (not saved with the weights, so a loader may leave them
+        uninitialised)."""
+        self.load.zero_()
+
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, d) -> chosen experts (N, k), their gates (N, k) and the router's
         probabilities (N, E), all from fp32 logits."""

@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict,
                                                      set_optimizer_state_dict)
 
+from ..config import ModelConfig
 from ..files import fsync_dir, temporary_dir, umask_mode, write_text_atomic
 
 LATEST = "latest"
@@ -115,7 +116,8 @@ def read_weights(path: Path, model_config: dict | None = None) -> dict[str, torc
             raise CheckpointError(f"checkpoint {path} is damaged: {name} holds non-finite "
                                   "values")
     if stored is not None and model_config is not None:
-        saved = json.loads(stored)
+        # A field added after the checkpoint was written held its default then.
+        saved = {**ModelConfig().to_dict(), **json.loads(stored)}
         changed = sorted(k for k in set(saved) | set(model_config)
                          if saved.get(k) != model_config.get(k))
         if changed:
