@@ -44,10 +44,10 @@ class Attention(nn.Module):
         return self.out(attend(q, k, v, ctx).transpose(1, 2).reshape(B, T, -1), ctx.step)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-           ctx: AttentionContext) -> torch.Tensor:
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext,
+           scale: float | None = None) -> torch.Tensor:
     """SDPA over (B, heads, T, dim) queries and (B, kv_heads, T_keys, dim) keys and values;
-    each kv head serves n_heads / kv_heads query heads."""
+    each kv head serves n_heads / kv_heads query heads. `scale`: SDPA's (None: 1/sqrt(dim))."""
     gqa = {}
     if k.shape[1] != q.shape[1]:
         if SDPA_HAS_GQA:  # torch >= 2.5 shares each kv head across its group, no copies
@@ -56,4 +56,4 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             groups = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal,
-                                          **gqa)
+                                          scale=scale, **gqa)

@@ -29,6 +29,10 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor, step: torch.Tensor | None = None) -> torch.Tensor:
         return F.linear(x, self.weight)
 
+    def weight_at(self, step: torch.Tensor | None = None) -> torch.Tensor:
+        """The (out, in) matrix this layer applies at `step`."""
+        return self.weight
+
 
 class StepLoRALinear(Linear):
     """W x + B_t (A_t x), t = the step's row of the adapter table (a 0-d long tensor, so a
@@ -50,6 +54,11 @@ class StepLoRALinear(Linear):
         if step is None:
             return y
         return y + F.linear(F.linear(x, self.lora_a[step]), self.lora_b[step])
+
+    def weight_at(self, step: torch.Tensor | None = None) -> torch.Tensor:
+        if step is None:
+            return self.weight
+        return self.weight + self.lora_b[step] @ self.lora_a[step]
 
 
 def add_step_adapters(module: nn.Module, rank: int, steps: int) -> None:

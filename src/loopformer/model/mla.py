@@ -6,6 +6,12 @@ c_q = norm(W_dq x), q_C = W_uq c_q. RoPE is decoupled: q_R = RoPE(W_qr c_q) per 
 rope key k_R = RoPE(W_kr x) is shared by all heads; q = [q_C; q_R], k = [k_C; k_R]. The cache
 holds only (c, k_R): kv_lora_rank + rope_head_dim numbers per token and slot, where grouped-query
 attention holds 2 * kv_heads * head_dim. (OpenMythos caches the rope key once per head.)
+
+Decoding one token against a cache uses the absorbed form (DeepSeek-V2): q_C . k_C =
+(W_uk^T q_C) . c, so the query is folded into latent space and attends to the cached latents
+themselves, as one shared key/value head ([c; k_R] and c); W_uv is applied to the attended
+latent afterwards. The latents are never expanded, where the plain form rebuilds every past
+token's keys and values at every step.
 """
 
 from __future__ import annotations
@@ -55,9 +61,23 @@ class LatentAttention(nn.Module):
         latent, k_rope = latent.unsqueeze(1), k_rope.transpose(1, 2)
         if ctx.cache is not None:
             latent, k_rope = ctx.cache.update(layer, (latent, k_rope))
+        if T == 1 and ctx.cache is not None:  # decoding: see the module docstring
+            return self.out(self._absorbed(q_nope, q_rope, latent, k_rope, ctx), step)
         S = latent.shape[2]
         k_nope, v = self.kv_up(latent.squeeze(1), step).view(B, S, H, 2 * D).split([D, D], -1)
         k = torch.cat((k_nope, k_rope.transpose(1, 2).expand(B, S, H, R)), dim=-1)
         q = torch.cat((q_nope, q_rope), dim=-1)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx)
         return self.out(y.transpose(1, 2).reshape(B, T, H * D), step)
+
+    def _absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor,
+                  k_rope: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """Attention over the cached latents (B, 1, S, rank) without expanding them."""
+        B, T, H, D = q_nope.shape
+        up = self.kv_up.weight_at(ctx.step).view(H, 2, D, self.rank)  # W_uk, W_uv per head
+        q_latent = torch.einsum("bthd,hdr->bhtr", q_nope, up[:, 0])
+        q = torch.cat((q_latent, q_rope.transpose(1, 2)), dim=-1)
+        k = torch.cat((latent, k_rope), dim=-1)
+        # The scale of the plain form: its keys are head_dim + rope_dim wide.
+        y = attend(q, k, latent, ctx, scale=(D + self.rope_dim) ** -0.5)  # (B, H, T, rank)
+        return torch.einsum("bhtr,hdr->bthd", y, up[:, 1]).reshape(B, T, H * D)
