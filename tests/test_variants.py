@@ -164,6 +164,16 @@ def test_aux_free_bias_moves_load_toward_uniform():
     assert ratios[0] > 1.3 and ratios[-1] < 0.8 * ratios[0], ratios
 
 
+def test_the_balance_state_stays_fp32_in_a_bf16_model():
+    model = tiny_model(**MOE).to(torch.bfloat16).train()
+    core = model.backbone.core.blocks[0].mlp
+    core.bias.fill_(0.75)  # bf16 spacing here is 2**-7: a 0.001 step would vanish
+    model(torch.randint(0, 64, (2, 8)), 2)
+    update_balance(model)
+    assert core.bias.dtype == core.load.dtype == torch.float32
+    assert float((core.bias - 0.75).abs().max()) == pytest.approx(0.001, abs=1e-6)
+
+
 def test_aux_loss_reaches_the_router_and_balances_it():
     model = tiny_model(**MOE, moe_balance="aux-loss", moe_aux_weight=1.0)
     ids = torch.randint(0, 64, (8, 16))

@@ -54,6 +54,13 @@ class MoE(nn.Module):
         nn.init.normal_(self.gate_up, std=self.init_std)
         nn.init.normal_(self.down, std=self.init_std)
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # The balance state stays fp32 in a bf16 model: bf16 cannot hold a 0.001 step of a
+        # bias near 1, nor count past 256 tokens exactly.
+        self.bias, self.load = self.bias.float(), self.load.float()
+        return self
+
     def reset_buffers(self) -> None:
         """Clear the load counts (not saved with the weights, so a loader may leave them
         uninitialised)."""
