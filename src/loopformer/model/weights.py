@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .moe import MoE
+
 
 def init_weights(root: nn.Module, std: float) -> None:
     """Normal(0, std) for every linear and embedding weight; then every other module that
@@ -20,8 +22,6 @@ def init_weights(root: nn.Module, std: float) -> None:
 def count_parameters(root: nn.Module, active: bool = False) -> int:
     """Parameters of `root`; with `active`, those one token uses: a MoE layer's routed
     experts count k / n_experts of theirs (DeepSeekMoE's "activated parameters")."""
-    from .moe import MoE  # the one variant whose parameters a token does not all use
-
     total = sum(p.numel() for p in root.parameters())
     if active:
         for m in root.modules():
