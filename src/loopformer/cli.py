@@ -74,7 +74,7 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
     """Evaluate a trained run on every (complexity, steps) pair; write frontier.json/.png."""
     from .evaluation.plotting import plot_frontier
     from .evaluation.scoring import format_grid, frontier_grid
-    from .training.run import load_run
+    from .training.run import load_run, training_keys
 
     set_threads(threads)
     require_positive(examples=examples)
@@ -85,17 +85,19 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
     for c in levels:
         task.check_complexity(c)
     start = time.perf_counter()
-    grid = frontier_grid(task, model, levels, step_list, examples, train_cfg.seed)
+    levels, grid, counts = frontier_grid(task, model, levels, step_list, examples,
+                                         train_cfg.seed, training_keys(task, train_cfg))
     kind = "fixed-depth baseline" if model_cfg.core == "fixed" else "recurrent"
     json_path, png_path = Path(run_dir) / "frontier.json", Path(run_dir) / "frontier.png"
     write_json_atomic(json_path, {"task": task.name,
                                   "train_complexities": list(task.train_complexities),
                                   "complexities": levels, "steps": step_list,
-                                  "accuracy": grid})
+                                  "examples": counts, "accuracy": grid})
     plot_frontier(png_path, levels, step_list, grid, task.train_complexities,
                   f"{task.name} ({kind})")
     print(f"{task.name}: accuracy by complexity (rows) and thinking steps (columns); "
-          f"trained on {list(task.train_complexities)}; {examples} examples per row")
+          f"trained on {list(task.train_complexities)}; held-out examples per row (none "
+          f"in the training set): {dict(zip(levels, counts))}")
     print(format_grid(levels, step_list, grid))
     print(f"wrote {json_path} and {png_path} in {time.perf_counter() - start:.0f}s")
 
@@ -111,7 +113,7 @@ def adaptive(run_dir: Positional[Path],
     --thresholds kl=1e-3,cosine=1e-2 overrides the default thresholds (loopformer.model.exits)."""
     from .evaluation.scoring import adaptive_table, format_adaptive
     from .model.exits import DEFAULT_THRESHOLDS
-    from .training.run import load_run
+    from .training.run import load_run, training_keys
 
     set_threads(threads)
     require_positive(examples=examples, max_steps=max_steps, min_steps=min_steps)
@@ -136,7 +138,7 @@ def adaptive(run_dir: Positional[Path],
         list(task.test_complexities)
     start = time.perf_counter()
     table = adaptive_table(task, model, levels, chosen, max_steps, examples, train_cfg.seed,
-                           min_steps, exit_entropy)
+                           min_steps, exit_entropy, exclude=training_keys(task, train_cfg))
     write_json_atomic(Path(run_dir) / "adaptive.json", table)
     print(f"{task.name}: best fixed-step accuracy vs exit criteria (max {max_steps} steps, "
           f"{examples} examples per row)")

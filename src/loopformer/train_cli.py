@@ -154,8 +154,9 @@ def read_config_file(path: Path) -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"--config {path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict) or set(data) - {"model", "train"}:
-        extra = sorted(set(data) - {"model", "train"}) if isinstance(data, dict) else data
+    allowed = {"model", "train", "task_version"}  # a run's config.json records the version
+    if not isinstance(data, dict) or set(data) - allowed:
+        extra = sorted(set(data) - allowed) if isinstance(data, dict) else data
         raise ValueError(f"--config {path}: unknown keys {extra}; a config file holds "
                          '{"model": {...}, "train": {...}}')
     return data

@@ -4,7 +4,7 @@ in plotting.py."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Hashable, Sequence
 
 import torch
 
@@ -49,16 +49,27 @@ def is_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels) & torch.isfinite(logits).all(-1)
 
 
+def eval_batches(task, complexities: Sequence[int], examples: int, seed: int,
+                 exclude: Collection[Hashable] = frozenset()) -> dict[int, dict]:
+    """A collated held-out set per complexity, none of whose examples has a key in `exclude`
+    (the training set's). A complexity whose whole space the training set covers is left
+    out."""
+    sets = {c: task.eval_set(c, examples, seed, exclude) for c in complexities}
+    return {c: task.collate(found) for c, found in sets.items() if found}
+
+
 def frontier_grid(task, model, complexities: Sequence[int], steps: Sequence[int],
-                  examples: int, seed: int) -> list[list[float]]:
-    """accuracy[i][j] for complexities[i] at steps[j]."""
+                  examples: int, seed: int, exclude: Collection[Hashable] = frozenset()
+                  ) -> tuple[list[int], list[list[float]], list[int]]:
+    """The complexities that have held-out examples, accuracy[i][j] for each at steps[j],
+    and the number of examples behind each row."""
     model.eval()
+    batches = eval_batches(task, complexities, examples, seed, exclude)
     grid = []
-    for c in complexities:
-        batch = task.collate(task.eval_set(c, examples, seed))
+    for batch in batches.values():
         by_steps = accuracy_by_steps(model, batch, steps)
         grid.append([by_steps[s] for s in steps])
-    return grid
+    return list(batches), grid, [len(b["label"]) for b in batches.values()]
 
 
 def format_grid(complexities, steps, grid, label: str = "complexity") -> str:
@@ -72,13 +83,13 @@ def format_grid(complexities, steps, grid, label: str = "complexity") -> str:
 @torch.no_grad()
 def adaptive_table(task, model, complexities: Sequence[int], criteria: dict[str, float | None],
                    max_steps: int, examples: int, seed: int, min_steps: int = 1,
-                   exit_entropy: float | None = None, chunk: int = 256) -> dict:
+                   exit_entropy: float | None = None, chunk: int = 256,
+                   exclude: Collection[Hashable] = frozenset()) -> dict:
     """Per complexity: accuracy at every fixed step count 1..max_steps (and the best), and for
     each exit criterion its accuracy and mean steps used (for an ACT model: its own halting)."""
     model.eval()
     rows = []
-    for c in complexities:
-        batch = task.collate(task.eval_set(c, examples, seed))
+    for c, batch in eval_batches(task, complexities, examples, seed, exclude).items():
         fixed = accuracy_by_steps(model, batch, list(range(1, max_steps + 1)), chunk)
         best_steps = max(fixed, key=lambda s: (fixed[s], -s))
         row = {"complexity": c, "fixed": fixed, "best_fixed_steps": best_steps,

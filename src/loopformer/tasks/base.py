@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Collection, Hashable, Sequence
 
 import torch
 
@@ -19,6 +19,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     interface: ClassVar[str]
+    version: ClassVar[int] = 1  # raised when the generator's examples change (recorded by runs)
     vocab_size: int
     max_len: int
     num_classes: int  # output width of the readout (the vocabulary for "lm" tasks)
@@ -41,9 +42,30 @@ class Task(ABC):
         """n examples spread evenly over the training complexities."""
         return self.examples(n, complexities or self.train_complexities, seed)
 
-    def eval_set(self, complexity: int, n: int, seed: int) -> list:
-        """n held-out examples of one complexity (seeded apart from the training set)."""
-        return self.examples(n, [complexity], seed + 1_000_003 * (complexity + 1))
+    def key(self, example) -> Hashable:
+        """What makes two examples the same question (the eval sets leave out training keys)."""
+        return repr(example)
+
+    def eval_set(self, complexity: int, n: int, seed: int,
+                 exclude: Collection[Hashable] = frozenset()) -> list:
+        """Up to n held-out examples of one complexity, seeded apart from the training set: no
+        two alike and none whose key is in `exclude` (the training set's keys). Fewer, possibly
+        none, where the training set covers nearly the whole space of that complexity."""
+        self.check_complexity(complexity)
+        rng = random.Random(seed + 1_000_003 * (complexity + 1))
+        chosen, seen = [], set(exclude)
+        for _ in range(20 * n + 1000):  # the space of one complexity can be small
+            if len(chosen) == n:
+                break
+            example = self.sample(complexity, rng)
+            if self.key(example) not in seen:
+                seen.add(self.key(example))
+                chosen.append(example)
+        return chosen
+
+    def train_keys(self, n: int, seed: int) -> set:
+        """The keys of train_set(n, seed): what an evaluation set must leave out."""
+        return {self.key(example) for example in self.train_set(n, seed)}
 
     def examples(self, n: int, complexities: Sequence[int], seed: int) -> list:
         for c in complexities:

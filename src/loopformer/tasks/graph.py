@@ -57,6 +57,7 @@ def distances(n: int, edges, start: int, reverse: bool = False) -> list[int]:
 class GraphReachability(Task):
     name = "graph"
     interface = "graph"
+    version = 2  # 0.4: pair degrees and edge count drawn before the label (leak fix)
     vocab_size = LETTERS + 1
     num_classes = 2
 
@@ -75,8 +76,18 @@ class GraphReachability(Task):
                              f"most {self.max_len} nodes), got {complexity}")
 
     def sample(self, complexity: int, rng: random.Random) -> GraphExample:
-        hops = complexity
+        while True:  # rarely more than once: a draw whose degrees cannot be met is redrawn
+            example = self._draw(complexity, rng)
+            if example is not None:
+                return example
+
+    def _draw(self, hops: int, rng: random.Random) -> GraphExample | None:
         n = rng.randint(max(self.min_nodes, hops + 3), max(self.train_max_nodes, hops + 3))
+        # Degrees of the queried pair and the edge count are drawn before the label, so that
+        # neither they nor the graph's size say anything about it.
+        target_in, source_out = rng.randint(1, 3), rng.randint(1, 3)
+        target_out, source_in = rng.randint(0, 2), rng.randint(0, 2)
+        wanted = rng.randint(n // 2, 2 * n)
         path = rng.sample(range(n), hops + 1)
         edges = set(zip(path, path[1:]))
         source = path[0]
@@ -88,17 +99,33 @@ class GraphReachability(Task):
             decoy = rng.sample(rest, min(hops, len(rest) - 1) + 1)
             edges |= set(zip(decoy, decoy[1:]))
             target = decoy[-1]
+
+        def allowed(u: int, v: int) -> bool:
+            """u -> v keeps the label and the path length (a route source ~> u -> v ~>
+            target of at least `hops`, or none at all for a negative)."""
+            if u == v or (u, v) in edges:
+                return False
+            route = from_source[u] + 1 + to_target[v]
+            return route >= hops if positive else route >= UNREACHABLE
+
         from_source = distances(n, edges, source)
         to_target = distances(n, edges, target, reverse=True)
-        for _ in range(rng.randint(n // 2, 2 * n)):
+        # The queried pair's own degrees first (the path gives one edge into the target and
+        # one out of the source), then distractors that leave the pair alone.
+        extra = ([lambda w: (w, target)] * (target_in - 1) + [lambda w: (target, w)] * target_out
+                 + [lambda w: (source, w)] * (source_out - 1) + [lambda w: (w, source)] * source_in)
+        for edge in extra:
+            options = [edge(w) for w in range(n) if allowed(*edge(w))]
+            if not options:
+                return None
+            edges.add(rng.choice(options))
+            from_source = distances(n, edges, source)
+            to_target = distances(n, edges, target, reverse=True)
+        for _ in range(8 * wanted):
+            if len(edges) >= wanted:
+                break
             u, v = rng.sample(range(n), 2)
-            if (u, v) in edges:
-                continue
-            # The edge u -> v creates the route source ~> u -> v ~> target.
-            route = from_source[u] + 1 + to_target[v]
-            if positive and route < hops:
-                continue
-            if not positive and route < UNREACHABLE:
+            if {u, v} & {source, target} or not allowed(u, v):
                 continue
             edges.add((u, v))
             from_source = distances(n, edges, source)

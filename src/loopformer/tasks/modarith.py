@@ -59,8 +59,8 @@ class ModularArithmetic(Task):
         return [ex for c in (complexities or self.train_complexities)
                 for ex in self._split(c, seed)[0]]
 
-    def eval_set(self, complexity: int, n: int, seed: int) -> list:
-        """Up to n tuples the training set never holds."""
+    def eval_set(self, complexity: int, n: int, seed: int, exclude=frozenset()) -> list:
+        """Up to n tuples the training set never holds (the split makes them disjoint)."""
         return self._split(complexity, seed)[1][:n]
 
     def collate(self, examples) -> dict[str, torch.Tensor]:

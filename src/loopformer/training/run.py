@@ -43,6 +43,12 @@ def load_run(run_dir: Path) -> tuple[Task, TaskModel, ModelConfig, TrainConfig]:
     return task, model.eval(), model_cfg, train_cfg
 
 
+def training_keys(task: Task, train_cfg: TrainConfig) -> set:
+    """The keys of the run's training examples (regenerated from its seed), which held-out
+    evaluation sets leave out."""
+    return task.train_keys(train_cfg.train_examples, train_cfg.seed)
+
+
 def metrics_record(line: str) -> dict:
     """One line of metrics.jsonl; a record written by loopformer 0.1 names the optimiser
     update "step", which is renamed "update"."""

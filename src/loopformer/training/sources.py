@@ -20,8 +20,8 @@ from ..data.corpus import corpus_files, documents
 from ..data.tokenizer import check_fits, load_tokenizer, train_tokenizer
 from ..data.default_corpus import default_documents, default_identity
 from ..data.tokens import TokenSplit, cache_key, encode_corpus, file_identity
-from ..evaluation.scoring import accuracy_by_steps
-from ..tasks import make_task
+from ..evaluation.scoring import accuracy_by_steps, eval_batches
+from ..tasks import Task, make_task
 from ..tasks.base import to_device
 from ..tasks.interfaces import TaskModel, TextLM, build_task_model
 from .config import TrainConfig
@@ -29,22 +29,25 @@ from .parallelize import World, barrier
 
 
 class ExampleSource:
-    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig):
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, task: Task | None = None):
         self.cfg = cfg
-        self.task = make_task(cfg.task, **cfg.task_options)
+        self.task = task or make_task(cfg.task, **cfg.task_options)
         self.model_cfg = model_cfg
         self.train_set = self.task.train_set(cfg.train_examples, cfg.seed)
         self.levels = sorted({ex.complexity for ex in self.train_set})
         # Curriculum (Loop-Think-Generalize): start with the two easiest levels.
         self.max_level = self.levels[min(1, len(self.levels) - 1)] if cfg.curriculum \
             else self.levels[-1]
-        self.eval_sets = {c: self.task.collate(self.task.eval_set(c, cfg.eval_examples,
-                                                                  cfg.seed))
-                          for c in self.levels}
+        keys = {self.task.key(ex) for ex in self.train_set}
+        self.eval_sets = eval_batches(self.task, self.levels, cfg.eval_examples, cfg.seed, keys)
         self._full_batch: tuple[int, dict] | None = None
 
     def build_model(self) -> TaskModel:
         return build_task_model(self.task, self.model_cfg)
+
+    def record(self) -> dict:
+        """What config.json keeps about the task besides TrainConfig: its generator's version."""
+        return {"task_version": self.task.version}
 
     def prepare(self, out: Path, world: World) -> None:
         """Nothing to write: examples are generated in memory."""
@@ -99,6 +102,9 @@ class TokenSource:
 
     def build_model(self) -> TaskModel:
         return TextLM(self.model_cfg)
+
+    def record(self) -> dict:
+        return {}
 
     def prepare(self, out: Path, world: World) -> None:
         """The main process saves the tokenizer and encodes the corpus; then every process

@@ -5,6 +5,7 @@ JSON-lines metrics, atomic checkpoints and exact resume."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -183,8 +184,10 @@ class Trainer:
                 raise CheckpointError(f"{self.out} already holds a run; pass --resume to "
                                       "continue it, or choose another --out")
             if main:
-                writer.start({"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()},
-                             self.update if resume else None)
+                if resume:
+                    warn_if_task_changed(self.out, self.source)
+                writer.start({"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict(),
+                              **self.source.record()}, self.update if resume else None)
             self.source.prepare(self.out, self.world)
             result = self._train(writer)
         barrier(self.world)  # no process leaves before the last checkpoint is written
@@ -235,6 +238,16 @@ class Trainer:
                 self.save()
         bar.close()
         return last_eval or self.evaluate()  # a finished run resumed: evaluate it again
+
+
+def warn_if_task_changed(out: Path, source) -> None:
+    """A run resumed after its task's generator changed draws the new examples: say so."""
+    stored = json.loads((out / "config.json").read_text()).get("task_version", 1)
+    current = source.record().get("task_version", 1)
+    if stored != current:
+        print(f"note: the generator of task {source.task.name!r} changed since {out} started "
+              f"(version {stored} -> {current}); the resumed updates train on its new examples",
+              file=sys.stderr)
 
 
 def micro_batches(batch: dict, parts: int) -> list[dict]:
