@@ -42,7 +42,7 @@ def test_train_then_frontier_end_to_end(tmp_path, capsys):
     (["frontier", "/nonexistent/run"], "no config.json"),
     (["frontier", ".", "--steps", "1,x"], "--steps takes comma-separated integers"),
     (["frontier", ".", "--steps", "0,2"], "--steps needs integers >= 1"),
-    (["train", "--task", "sudoku", "--out", "/tmp/never"], "no recipe for task 'sudoku'"),
+    (["train", "--task", "sudoku", "--out", "/tmp/never"], "unknown task 'sudoku'"),
     (["adaptive", ".", "--criteria", "vibes"], "unknown criterion 'vibes'"),
     (["train", "--out", "/tmp/never", "--batch-size", "8", "--grad-accum", "3"],
      "--grad-accum 3 must be >= 1 and divide --batch-size 8"),

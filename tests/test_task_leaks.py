@@ -54,10 +54,16 @@ def family_features(ex):
             facts.count("parent"), facts.count("child")]
 
 
-# Logic at depth 1-2 is 2-7 symbols long: there the surface is the whole question.
+def parity_features(ex):
+    return [len(ex.bits), ex.bits[0], ex.bits[-1]]
+
+
+# Logic at depth 1-2 is 2-7 symbols long, and one bit is its own parity: there the surface
+# is the whole question.
 PROBES = {"graph": (graph_features, [1, 2, 3, 4, 5]),
           "logic": (logic_features, list(range(3, 9))),
-          "family": (family_features, [2, 3, 4, 5])}
+          "family": (family_features, [2, 3, 4, 5]),
+          "parity": (parity_features, list(range(2, 13)))}
 
 
 @pytest.mark.parametrize("name", sorted(PROBES))

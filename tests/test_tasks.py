@@ -186,3 +186,43 @@ def test_every_task_is_seeded_and_collates(name):
 def test_unknown_task():
     with pytest.raises(ValueError, match="unknown task"):
         make_task("sudoku")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), bits=st.integers(1, 40))
+def test_parity_labels_by_counting(seed, bits):
+    task = make_task("parity")
+    ex = task.sample(bits, random.Random(seed))
+    assert len(ex.bits) == bits and ex.label == bin(int("".join(map(str, ex.bits)), 2)).count("1") % 2
+    batch = task.collate([ex])
+    assert batch["input_ids"][0, -1] == 3 and batch["input_ids"][0, 0] == 2
+    assert task.thinking_steps(batch["complexity"]).tolist() == [bits + 2]
+
+
+def test_composition_world_and_splits():
+    """Answers by a direct walk of the facts; trained compositions use ID facts only; the OOD
+    queries' facts appear in no trained composition; the three sets are disjoint."""
+    task = make_task("composition", num_entities=60, num_relations=8, facts_per_entity=4,
+                     ood_fraction=0.2, inferred_ratio=2.0)
+    E = task.num_entities
+    for ex in task.train_set(0, seed=0):
+        entity = ex.head
+        for r in ex.relations:
+            entity = task.facts[entity, r]
+        assert entity == ex.answer
+    used = set()
+    for ex in task.trained_queries:
+        bridge = task.facts[ex.head, ex.relations[0]]
+        used |= {(ex.head, ex.relations[0]), (bridge, ex.relations[1])}
+    assert not used & task.ood_facts
+    for ex in task.ood_queries:
+        bridge = task.facts[ex.head, ex.relations[0]]
+        facts = {(ex.head, ex.relations[0]), (bridge, ex.relations[1])}
+        assert facts <= task.ood_facts and not facts & used
+    splits = task.eval_splits(10**6, seed=0)
+    keys = {name: {task.key(ex) for ex in found} for name, found in splits.items()}
+    assert keys["train"] == {task.key(ex) for ex in task.trained_queries}
+    assert not keys["id"] & keys["train"] and not keys["ood"] & (keys["id"] | keys["train"])
+    assert len(task.train_set(0, 0)) == len(task.facts) + len(task.trained_queries)
+    batch = task.collate(splits["ood"][:3])
+    assert batch["input_ids"].shape == (3, 3) and int(batch["input_ids"][:, 1:].min()) >= E

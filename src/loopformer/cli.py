@@ -71,14 +71,18 @@ def _int_list(text: str, flag: str) -> list[int]:
 def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
              complexities: str | None = None, examples: int = 500,
              threads: int | None = None) -> None:
-    """Evaluate a trained run on every (complexity, steps) pair; write frontier.json/.png."""
+    """Evaluate a trained run on every (complexity, steps) pair; write frontier.json/.png.
+
+    --steps may name "task" as a column: every example runs the steps its task asks for
+    (e.g. parity: bits + 2)."""
     from .evaluation.plotting import plot_frontier
     from .evaluation.scoring import format_grid, frontier_grid
     from .training.run import load_run, training_keys
 
     set_threads(threads)
     require_positive(examples=examples)
-    step_list = _int_list(steps, "--steps")
+    step_list = [s if s == "task" else _int_list(s, "--steps")[0]
+                 for s in (p.strip() for p in steps.split(",")) if s] or _int_list(steps, "--steps")
     task, model, model_cfg, train_cfg = load_run(run_dir)
     levels = _int_list(complexities, "--complexities") if complexities else \
         list(task.test_complexities)
@@ -148,8 +152,9 @@ def adaptive(run_dir: Positional[Path],
 
 def curves(run_dir: Positional[Path]) -> None:
     """Plot a run's training and held-out accuracy against updates into DIR/curves.png, and
-    print the first update at which each held-out complexity reached 0.95."""
-    from .evaluation.plotting import plot_curves
+    print the first update at which each held-out complexity (or named set: composition's
+    train / id / ood) reached 0.95."""
+    from .evaluation.plotting import eval_label, plot_curves
     from .training.run import read_metrics
 
     records = read_metrics(run_dir)
@@ -158,7 +163,7 @@ def curves(run_dir: Positional[Path]) -> None:
     print(f"training accuracy >= 0.95 first at update {train}")
     for c in (evals[0]["eval"] if evals else {}):
         reached = next((r["update"] for r in evals if r["eval"][c] >= 0.95), None)
-        print(f"held-out complexity {c}: >= 0.95 first at update {reached}; "
+        print(f"{eval_label(c)}: >= 0.95 first at update {reached}; "
               f"final {evals[-1]['eval'][c]:.3f}")
     print(f"wrote {plot_curves(records, Path(run_dir) / 'curves.png', str(run_dir))}")
 

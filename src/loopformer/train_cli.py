@@ -29,7 +29,9 @@ class TrainFlags:
     each --model.* / --train.* flag overrides one field; the flat flags are shorthands."""
 
     task: str = "graph"
-    """graph | logic | family | chains | modarith | text: picks the recipe."""
+    """graph | logic | family | chains | composition | parity | modarith | text: picks the
+    recipe; or package.module:ClassName, a Task subclass of your own (its defaults over the
+    generic recipe of its interface)."""
     preset: Literal["paper", "quick"] = "quick"
     """quick (minutes on a laptop CPU) or paper (the source paper's size)."""
     config: Path | None = None
@@ -194,6 +196,8 @@ def apply_shorthands(flags: TrainFlags, base_train: TrainConfig) -> TrainFlags:
             (train.depth_low + train.depth_high) / 2
         depth = 1 if flags.baseline == "param" else round(mean)
         model = model.replace(core="fixed", fixed_depth=depth)
+        if train.depth == "task":  # depth_mean: the mean of the task's steps (its recipe)
+            train = train.replace(depth="fixed")
     if flags.halting == "act":
         model = model.replace(halting="act", mean_steps=train.depth_high)
     return replace(flags, model=model, train=train)

@@ -42,7 +42,7 @@ def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
             label="train (batch)")
     for c in (evals[0]["eval"] if evals else {}):
         ax.plot([r["update"] for r in evals], [r["eval"][c] for r in evals], lw=1.5,
-                label=f"held out, complexity {c}")
+                label=eval_label(c))
     ax.set_xscale("log")
     ax.set_xlabel("update")
     ax.set_ylabel("accuracy")
@@ -52,6 +52,11 @@ def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def eval_label(key: str) -> str:
+    """An evaluation record's key: a held-out complexity ("3") or a named set ("ood")."""
+    return f"held out, complexity {key}" if key.isdigit() else f"eval set {key!r}"
 
 
 def plot_perplexity(path: Path, steps, perplexity, title: str) -> None:

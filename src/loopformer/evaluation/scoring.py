@@ -43,6 +43,17 @@ def accuracy_by_steps(model, batch: dict, steps: Sequence[int],
     return {s: correct[s] / n for s in steps}
 
 
+@torch.no_grad()
+def accuracy_at_task_steps(model, batch: dict, task, chunk: int = 256) -> float:
+    """Accuracy when every example runs the steps its task asks for (Task.thinking_steps)."""
+    correct, n = 0, batch["label"].shape[0]
+    for start in range(0, n, chunk):
+        part = _slice(batch, start, start + chunk, model)
+        logits = model(part, task.thinking_steps(part["complexity"])).logits[-1]
+        correct += int(is_correct(logits, part["label"]).sum())
+    return correct / n
+
+
 def is_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per example: the argmax is the label and every logit is finite (argmax of a NaN row
     is arbitrary: a diverged model must not score)."""
@@ -50,24 +61,30 @@ def is_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def eval_batches(task, complexities: Sequence[int], examples: int, seed: int,
-                 exclude: Collection[Hashable] = frozenset()) -> dict[int, dict]:
+                 exclude: Collection[Hashable] = frozenset()) -> dict[int | str, dict]:
     """A collated held-out set per complexity, none of whose examples has a key in `exclude`
-    (the training set's). A complexity whose whole space the training set covers is left
-    out."""
-    sets = {c: task.eval_set(c, examples, seed, exclude) for c in complexities}
+    (the training set's), or the task's named sets (Task.eval_splits) where it has them. A
+    complexity whose whole space the training set covers is left out."""
+    sets = task.eval_splits(examples, seed, exclude)
+    if sets is None:
+        sets = {c: task.eval_set(c, examples, seed, exclude) for c in complexities}
     return {c: task.collate(found) for c, found in sets.items() if found}
 
 
-def frontier_grid(task, model, complexities: Sequence[int], steps: Sequence[int],
+def frontier_grid(task, model, complexities: Sequence[int], steps: Sequence[int | str],
                   examples: int, seed: int, exclude: Collection[Hashable] = frozenset()
                   ) -> tuple[list[int], list[list[float]], list[int]]:
-    """The complexities that have held-out examples, accuracy[i][j] for each at steps[j],
-    and the number of examples behind each row."""
+    """The complexities (or named sets) that have held-out examples, accuracy[i][j] for each
+    at steps[j] (an int, or "task": the steps the task asks for per example), and the number
+    of examples behind each row."""
     model.eval()
     batches = eval_batches(task, complexities, examples, seed, exclude)
+    fixed = [s for s in steps if s != "task"]  # "task": each example its own steps
     grid = []
     for batch in batches.values():
-        by_steps = accuracy_by_steps(model, batch, steps)
+        by_steps = accuracy_by_steps(model, batch, fixed) if fixed else {}
+        if "task" in steps:
+            by_steps["task"] = accuracy_at_task_steps(model, batch, task)
         grid.append([by_steps[s] for s in steps])
     return list(batches), grid, [len(b["label"]) for b in batches.values()]
 

@@ -21,7 +21,7 @@ from .halting import ACTObserver, HaltingUnit
 from .injection import INJECTIONS, STEP_EMBEDDINGS, LTIInjection, init_state
 from .lora import add_step_adapters
 from .norm import RMSNorm
-from .observers import CoreOutput, StepObserver
+from .observers import CoreOutput, RowBudget, StepObserver
 
 
 class RecurrentCore(nn.Module):
@@ -56,6 +56,11 @@ class RecurrentCore(nn.Module):
         observers = list(observers)
         if self.halting is not None:
             observers.append(ACTObserver(self.halting))
+        if depth.rows is not None:  # last: its finish caps what the others counted
+            if self.halting is not None:
+                raise ValueError("per-example num_steps and learned halting (halting='act') "
+                                 "exclude each other: ACT decides each token's steps")
+            observers.append(RowBudget(depth.rows, ctx.token_mask))
         s = initial_state if initial_state is not None else init_state(
             self.cfg.state_init, e, self.cfg.noise_std, generator)
         injected = self.injection.prepare(e)
@@ -127,7 +132,9 @@ class FixedDepthCore(nn.Module):
     def unroll(self, e: torch.Tensor, ctx: AttentionContext, depth: Depth, *,
                observers: Sequence[StepObserver] = (), initial_state: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> CoreOutput:
-        Depth.of(depth)
+        if Depth.of(depth).rows is not None:
+            raise ValueError("the fixed-depth baseline runs every example through all its "
+                             "layers: per-example num_steps need the recurrent core")
         if any(obs.freezes_stopped for obs in observers) or initial_state is not None:
             raise ValueError("the fixed-depth baseline has no exits and no warm start")
         s = init_state(self.cfg.state_init, e, self.cfg.noise_std, generator)

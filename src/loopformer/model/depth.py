@@ -4,7 +4,9 @@ receives a Depth."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 
 def _is_int(value) -> bool:
@@ -18,6 +20,9 @@ class Depth:
 
     no_grad: int
     grad: int
+    rows: torch.Tensor | None = field(default=None, compare=False)
+    """(B,) steps of each batch row, when rows differ (the loop runs the most; a row that has
+    run its own count keeps its state); None: every row runs `total`."""
 
     def __post_init__(self) -> None:
         if not (_is_int(self.no_grad) and _is_int(self.grad)):
@@ -31,10 +36,22 @@ class Depth:
         return self.no_grad + self.grad
 
     @classmethod
-    def of(cls, num_steps: "int | tuple[int, int] | Depth") -> "Depth":
-        """An int T (all T steps with grad), a pair (n_nograd, n_grad), or a Depth."""
+    def of(cls, num_steps: "int | tuple[int, int] | torch.Tensor | Depth") -> "Depth":
+        """An int T (all T steps with grad), a pair (n_nograd, n_grad), a (B,) integer tensor
+        of steps per batch row (all with grad), or a Depth."""
         if isinstance(num_steps, Depth):
             return num_steps
+        if isinstance(num_steps, torch.Tensor):
+            if num_steps.dim() == 0:
+                return cls.of(int(num_steps))
+            if num_steps.dim() != 1 or num_steps.dtype.is_floating_point or \
+                    num_steps.dtype == torch.bool or num_steps.numel() == 0:
+                raise ValueError("num_steps as a tensor must be (B,) integers, one count per "
+                                 f"batch row; got {tuple(num_steps.shape)} {num_steps.dtype}")
+            low, high = int(num_steps.min()), int(num_steps.max())
+            if low < 1:
+                raise ValueError(f"num_steps must be >= 1 in every row, got {low}")
+            return cls(0, high, num_steps.long())
         if _is_int(num_steps):
             if num_steps < 1:
                 raise ValueError(f"num_steps must be >= 1, got {num_steps}")

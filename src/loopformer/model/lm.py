@@ -184,7 +184,8 @@ class LoopLM(nn.Module):
 
         writer = None
         if cache is not None:
-            whole = not observers and self._runs_every_step(cache, exit_rule)
+            whole = not observers and depth.rows is None and \
+                self._runs_every_step(cache, exit_rule)
             writer = cache.writer(T, cache_slots(self.cfg, depth) if whole else None)
         ctx = self.backbone.context(B, T, input_ids.device, attention_mask, writer=writer)
         if writer is not None and writer.reserved:

@@ -60,3 +60,26 @@ class StateCollector(StepObserver):
         if step >= self.first:
             self.states.append(state)
         return None
+
+
+class RowBudget(StepObserver):
+    """Per-row step counts in one batch (Depth.rows): row b stops after rows[b] steps and
+    keeps its state, as an exited token does."""
+
+    freezes_stopped = True
+
+    def __init__(self, rows: torch.Tensor, token_mask: torch.Tensor):
+        if rows.shape[0] != token_mask.shape[0]:
+            raise ValueError(f"num_steps has {rows.shape[0]} rows but the batch has "
+                             f"{token_mask.shape[0]}: give one step count per example")
+        self.rows = rows.to(token_mask.device)[:, None]
+        self.shape = token_mask.shape
+
+    def start(self, state, depth):
+        return (self.rows > 0).expand(self.shape)
+
+    def observe(self, step, state):
+        return (self.rows > step + 1).expand(self.shape)
+
+    def finish(self, out: CoreOutput) -> None:
+        out.token_steps = torch.minimum(out.token_steps, self.rows)

@@ -20,6 +20,10 @@ class Task(ABC):
     name: ClassVar[str]
     interface: ClassVar[str]
     version: ClassVar[int] = 1  # raised when the generator's examples change (recorded by runs)
+    # The default run of a task without a named recipe (a user's own): ModelConfig and
+    # TrainConfig fields over the generic recipe of its interface (training/recipes.py).
+    model_defaults: ClassVar[dict] = {}
+    train_defaults: ClassVar[dict] = {}
     vocab_size: int
     max_len: int
     num_classes: int  # output width of the readout (the vocabulary for "lm" tasks)
@@ -33,6 +37,17 @@ class Task(ABC):
     @abstractmethod
     def collate(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
         """Examples -> a batch of tensors with at least "label" (B,) and "complexity" (B,)."""
+
+    def recipe(self, preset: str) -> dict:
+        """{"model": {...}, "train": {...}}: this task's fields over the generic recipe of its
+        interface, for `preset` ("quick" or "paper"). Override to tell the presets apart."""
+        return {"model": dict(self.model_defaults), "train": dict(self.train_defaults)}
+
+    def thinking_steps(self, complexity: torch.Tensor) -> torch.Tensor:
+        """(B,) thinking steps the examples of these complexities need: what TrainConfig.depth
+        = "task" trains and evaluates with. A task whose steps follow its input overrides it."""
+        raise ValueError(f"task {self.name!r} does not say how many thinking steps its "
+                         "examples need: choose another --train.depth (uniform, fixed, ...)")
 
     def check_complexity(self, complexity: int) -> None:
         if complexity < 1:
@@ -62,6 +77,12 @@ class Task(ABC):
                 seen.add(self.key(example))
                 chosen.append(example)
         return chosen
+
+    def eval_splits(self, n: int, seed: int, exclude: Collection[Hashable] = frozenset()
+                    ) -> dict[str, list] | None:
+        """Named held-out sets evaluated instead of one per complexity (e.g. "train", "id",
+        "ood" for composition), or None: one eval_set per complexity."""
+        return None
 
     def train_keys(self, n: int, seed: int) -> set:
         """The keys of train_set(n, seed): what an evaluation set must leave out."""

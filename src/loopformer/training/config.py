@@ -19,7 +19,8 @@ LEGACY_FIELDS = {"steps": "updates", "warmup_steps": "warmup_updates"}
 @dataclass(frozen=True)
 class TrainConfig(DictConfig):
     task: str = "graph"
-    """The task: graph | logic | family | chains | modarith."""
+    """The task: graph | logic | family | chains | composition | parity | modarith | text, or
+    a Task subclass of your own as package.module:ClassName."""
     task_options: dict[str, int | float | str] = dataclasses.field(default_factory=dict)
     """Keyword arguments of the task's generator, e.g. modulus 97 (modarith)."""
     seed: int = 0
@@ -42,8 +43,9 @@ class TrainConfig(DictConfig):
     """The cosine schedule decays to min_lr_ratio * lr."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this."""
-    depth: Literal["fixed", "uniform", "poisson-lognormal", "poisson"] = "uniform"
-    """Core steps per update: fixed, uniform U{low..high}, poisson, poisson-lognormal (Huginn)."""
+    depth: Literal["fixed", "uniform", "poisson-lognormal", "poisson", "task"] = "uniform"
+    """Core steps per update: fixed, uniform U{low..high}, poisson, poisson-lognormal (Huginn),
+    or task: each example its own count from Task.thinking_steps (training and evaluation)."""
     depth_low: int = 5
     """Fewest core steps an update draws."""
     depth_high: int = 8
@@ -83,9 +85,9 @@ class TrainConfig(DictConfig):
 
     def __post_init__(self):
         self.check_types()
-        if self.task not in (*TASKS, "text"):
-            raise ValueError(f"TrainConfig.task must be one of {sorted(TASKS)} or 'text', got "
-                             f"{self.task!r}")
+        if self.task not in (*TASKS, "text") and ":" not in self.task:
+            raise ValueError(f"TrainConfig.task must be one of {sorted(TASKS)}, 'text' or "
+                             f"package.module:ClassName (a Task of your own), got {self.task!r}")
         if self.data and self.task != "text":
             raise ValueError(f"TrainConfig.data (--data) is a corpus for task 'text'; task "
                              f"{self.task!r} generates its own examples")
@@ -116,6 +118,9 @@ class TrainConfig(DictConfig):
                              f"{self.eval_steps}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"TrainConfig.alpha must lie in [0, 1], got {self.alpha}")
+        if self.depth == "task" and self.backprop_steps is not None:
+            raise ValueError("TrainConfig.backprop_steps truncates one depth for the batch; with "
+                             "depth 'task' each example has its own: leave backprop_steps None")
         if self.backprop_steps is not None and self.backprop_steps < 1:
             raise ValueError("TrainConfig.backprop_steps must be >= 1 or None, got "
                              f"{self.backprop_steps}")

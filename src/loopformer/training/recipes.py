@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import ModelConfig
+from ..tasks import TASKS, Task, make_task, task_name
 from .config import TrainConfig
 
 # Chen 2026's graph model: d=128, 4 heads, FFN 256, one gated core block with LayerScale,
@@ -86,12 +87,68 @@ RECIPES[("text", "paper")] = (TEXT_MODEL.replace(
     eval_steps=32, eval_every=1000, eval_examples=256, checkpoint_every=1000,
     tokenizer_vocab_size=32768))
 
+# Parity (Fan et al. 2024): steps tied to the input (n bits + 2), trained on n <= 12 (quick;
+# the paper trains to 20), tested to 32. depth_mean is the mean of those steps (the
+# compute-matched baseline's depth).
+PARITY_MODEL = SEQUENCE_MODEL.replace(vocab_size=4, max_seq_len=66)
+RECIPES[("parity", "quick")] = (PARITY_MODEL, TrainConfig(
+    task="parity", updates=3000, batch_size=64, train_examples=20_000, lr=1e-3, depth="task",
+    depth_mean=8.5, eval_every=250, checkpoint_every=250))
+RECIPES[("parity", "paper")] = (PARITY_MODEL, TrainConfig(
+    task="parity", task_options={"train_bits": 20}, updates=10_000, batch_size=64,
+    train_examples=50_000, lr=3e-4, depth="task", depth_mean=12.5, eval_every=500,
+    checkpoint_every=500))
+
+# Two-hop composition (Wang et al. 2024): every atomic fact and phi = 3.6 two-hop queries per
+# atomic fact, weight decay 0.1, batch 512; quick: 200 entities, 20 relations, 10 facts each;
+# paper: Wang et al.'s 2,000 entities, 200 relations, 20 facts each, phi 7.2.
+COMPOSITION_MODEL = SEQUENCE_MODEL.replace(vocab_size=220, max_seq_len=4)
+RECIPES[("composition", "quick")] = (COMPOSITION_MODEL, TrainConfig(
+    task="composition", updates=4000, batch_size=512, lr=1e-3, weight_decay=0.1,
+    depth="uniform", depth_low=2, depth_high=6, eval_steps=4, eval_every=100,
+    eval_examples=500, checkpoint_every=500))
+RECIPES[("composition", "paper")] = (COMPOSITION_MODEL.replace(vocab_size=2200), TrainConfig(
+    task="composition", task_options={"num_entities": 2000, "num_relations": 200,
+                                      "facts_per_entity": 20, "ood_fraction": 0.05,
+                                      "inferred_ratio": 7.2},
+    updates=50_000, batch_size=512, lr=1e-4, weight_decay=0.1, depth="uniform", depth_low=2,
+    depth_high=6, eval_steps=4, eval_every=1000, eval_examples=2000, checkpoint_every=1000))
+
 PRESET_NAMES = ("paper", "quick")
 
 
 def recipe(task: str, preset: str) -> tuple[ModelConfig, TrainConfig]:
-    if (task, preset) not in RECIPES:
+    """The named recipe of a built-in task, or a task of your own ("module:Class") with its
+    defaults over the generic recipe of its interface (task_recipe)."""
+    if (task, preset) in RECIPES:
+        return RECIPES[(task, preset)]
+    if preset not in PRESET_NAMES or task in TASKS or task == "text":
         tasks = sorted({t for t, _ in RECIPES})
-        raise ValueError(f"no recipe for task {task!r} with preset {preset!r}; tasks: {tasks}, "
-                         f"presets: {list(PRESET_NAMES)}")
-    return RECIPES[(task, preset)]
+        raise ValueError(f"no recipe for task {task!r} with preset {preset!r}; tasks: {tasks} "
+                         f"or package.module:ClassName, presets: {list(PRESET_NAMES)}")
+    return task_recipe(make_task(task), preset)
+
+
+# The generic start of a task without a named recipe, by interface: Chen 2026's small gated
+# core (d 128, LayerScale 1e-4, U{4..12} steps), the paper preset longer and at a lower lr.
+GENERIC_MODELS = {"graph": GRAPH_MODEL, "classifier": LOGIC_MODEL, "lm": SEQUENCE_MODEL}
+
+
+def task_recipe(task: Task, preset: str) -> tuple[ModelConfig, TrainConfig]:
+    """A task's default run: the generic model of its interface sized to the task (vocabulary,
+    sequence length), then the task's own fields (Task.recipe)."""
+    if task.interface not in GENERIC_MODELS:
+        raise ValueError(f"task {task_name(task)!r} asks for unknown interface "
+                         f"{task.interface!r}; choose one of {sorted(GENERIC_MODELS)}")
+    width = max(task.vocab_size, task.num_classes) if task.interface == "lm" else \
+        task.vocab_size
+    model = GENERIC_MODELS[task.interface].replace(
+        vocab_size=width, max_seq_len=task.max_len + (task.interface == "classifier"))
+    quick = preset == "quick"
+    train = TrainConfig(task=task_name(task), updates=1000 if quick else 5000, batch_size=64,
+                        train_examples=8000 if quick else 12_000, lr=1e-3 if quick else 3e-4,
+                        depth="uniform", depth_low=4, depth_high=12, eval_every=250,
+                        checkpoint_every=250)
+    own = task.recipe(preset)
+    return (ModelConfig.from_dict({**model.to_dict(), **own.get("model", {})}),
+            TrainConfig.from_dict({**train.to_dict(), **own.get("train", {})}))

@@ -20,7 +20,7 @@ from ..data.corpus import corpus_files, documents
 from ..data.tokenizer import check_fits, load_tokenizer, train_tokenizer
 from ..data.default_corpus import default_documents, default_identity
 from ..data.tokens import TokenSplit, cache_key, encode_corpus, file_identity
-from ..evaluation.scoring import accuracy_by_steps, eval_batches
+from ..evaluation.scoring import accuracy_at_task_steps, accuracy_by_steps, eval_batches
 from ..tasks import Task, make_task
 from ..tasks.base import to_device
 from ..tasks.interfaces import TaskModel, TextLM, build_task_model
@@ -49,7 +49,7 @@ class ExampleSource:
         """What config.json keeps about the task besides TrainConfig: its generator's version."""
         return {"task_version": self.task.version}
 
-    def prepare(self, out: Path, world: World) -> None:
+    def prepare(self, out: Path | None, world: World) -> None:
         """Nothing to write: examples are generated in memory."""
 
     def batch(self, update: int) -> dict:
@@ -63,7 +63,11 @@ class ExampleSource:
         chosen = rng.choice(len(pool), size=self.cfg.batch_size, replace=False)
         return self.task.collate([self.train_set[pool[i]] for i in sorted(chosen)])
 
-    def evaluate(self, model: TaskModel, steps: int) -> dict:
+    def evaluate(self, model: TaskModel, steps: int | str) -> dict:
+        """Accuracy per held-out complexity at `steps`, or "task": each example's own."""
+        if steps == "task":
+            return {c: accuracy_at_task_steps(model, batch, self.task)
+                    for c, batch in self.eval_sets.items()}
         return {c: accuracy_by_steps(model, batch, [steps])[steps]
                 for c, batch in self.eval_sets.items()}
 
@@ -163,6 +167,11 @@ def _next_token_batch(windows: torch.Tensor) -> dict:
     return {"input_ids": windows[:, :-1], "label": windows[:, 1:]}
 
 
-def make_source(cfg: TrainConfig, model_cfg: ModelConfig, out: Path):
-    return TokenSource(cfg, model_cfg, out) if cfg.task == "text" else \
-        ExampleSource(cfg, model_cfg)
+def make_source(cfg: TrainConfig, model_cfg: ModelConfig, out: Path | None,
+                task: Task | None = None):
+    if cfg.task == "text":
+        if out is None:
+            raise ValueError("task 'text' keeps its tokenizer and tokens in the run directory: "
+                             "give the Trainer an `out`")
+        return TokenSource(cfg, model_cfg, out)
+    return ExampleSource(cfg, model_cfg, task)

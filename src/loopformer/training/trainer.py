@@ -5,6 +5,7 @@ JSON-lines metrics, atomic checkpoints and exact resume."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -20,6 +21,7 @@ from ..compile import compile_regions
 from ..config import ModelConfig
 from ..model.depth import Depth
 from ..model.moe import update_balance
+from ..tasks import Task, task_name
 from ..tasks.base import to_device
 from ..tasks.interfaces import TaskModel
 from .checkpoint import (CheckpointError, full_state, has_checkpoint, load_checkpoint,
@@ -68,12 +70,21 @@ def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: 
 class Trainer:
     """Trains a task model. `device` and `grad_accum` (micro-batches per update) say how the
     run is executed, not what it computes: `batch_size` is the batch of one update whatever
-    they are, so the weights agree up to float reduction order."""
+    they are, so the weights agree up to float reduction order.
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
+    task: a Task object to train on instead of building cfg.task (the run records its class
+    as "module:Class"); model: a TaskModel to train instead of building one from model_cfg;
+    out=None: no run directory (no checkpoints, no metrics file; `history` keeps the
+    records)."""
+
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, out: Path | None,
                  progress: bool = True, device: str = "auto", grad_accum: int = 1,
-                 parallel: str = "none"):
-        self.model_cfg, self.cfg, self.out = model_cfg, cfg, Path(out)
+                 parallel: str = "none", task: Task | None = None,
+                 model: TaskModel | None = None):
+        if task is not None:
+            cfg = dataclasses.replace(cfg, task=task_name(task))
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.out = None if out is None else Path(out)
         if grad_accum < 1 or cfg.batch_size % grad_accum:
             raise ValueError(f"--grad-accum {grad_accum} must be >= 1 and divide --batch-size "
                              f"{cfg.batch_size} (the batch of one update)")
@@ -82,9 +93,9 @@ class Trainer:
             raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the "
                              f"{self.world.size} processes x --grad-accum {grad_accum}")
         self.grad_accum, self.progress = grad_accum, progress and self.world.is_main
-        self.source = make_source(cfg, model_cfg, self.out)
+        self.source = make_source(cfg, model_cfg, self.out, task)
         torch.manual_seed(cfg.seed)
-        self.model = self.source.build_model().to(self.device)
+        self.model = (model if model is not None else self.source.build_model()).to(self.device)
         if cfg.compile:
             compile_regions(self.model)
         # What the training step calls: self.model, sharded in place (fsdp), or a DDP
@@ -98,6 +109,7 @@ class Trainer:
             # one pass per update: 2.8 ms instead of 8.8 for 4M parameters on CPU
             fused=has_fused_adamw(self.device) or None)
         self.update = 0  # optimiser updates done
+        self.history: list[dict] = []  # every update's metrics record
 
     @property
     def task(self):
@@ -117,6 +129,8 @@ class Trainer:
     def save(self) -> None:
         """A checkpoint of the full weights and optimiser state. Every process calls this
         (FSDP gathers the shards); only the main one writes."""
+        if self.out is None:
+            return
         weights, optimizer = full_state(self.model, self.optimizer)
         if self.world.is_main:
             save_checkpoint(self.out, self.update, weights, {
@@ -131,9 +145,12 @@ class Trainer:
         self.source.load_state(state)
         torch.set_rng_state(state["torch_rng"])
 
-    def depth(self, update: int) -> Depth:
-        """Thinking steps of an update: drawn by (seed, update), so every rank agrees."""
+    def depth(self, update: int, batch: dict | None = None) -> Depth:
+        """Thinking steps of an update: drawn by (seed, update), so every rank agrees; or with
+        depth "task" each example's own count (Task.thinking_steps)."""
         c = self.cfg
+        if c.depth == "task":
+            return Depth.of(self.task.thinking_steps(batch["complexity"]))
         steps = sample_depth(c.depth, update, c.seed, low=c.depth_low, high=c.depth_high,
                              mean=c.depth_mean)
         grad = steps if c.backprop_steps is None else min(steps, c.backprop_steps)
@@ -144,7 +161,8 @@ class Trainer:
         """Held-out accuracy by complexity (tasks) or validation loss and perplexity (text),
         at eval_steps core steps."""
         self.model.eval()
-        result = self.source.evaluate(self.model, self.cfg.eval_steps or self.cfg.depth_high)
+        steps = "task" if self.cfg.depth == "task" else self.cfg.eval_steps or self.cfg.depth_high
+        result = self.source.evaluate(self.model, steps)
         self.model.train()
         return result
 
@@ -157,6 +175,8 @@ class Trainer:
         parts = micro_batches(batch, world.size * k)[world.rank * k:(world.rank + 1) * k]
         total_loss = total_acc = 0.0
         for i, part in enumerate(parts):
+            if depth.rows is not None:  # this micro-batch's own rows
+                depth = Depth.of(self.task.thinking_steps(part["complexity"]))
             part = to_device(part, self.device)
             share = part["label"].shape[0] / size  # the losses are means over examples
             # Gradients are reduced over processes once, after the last micro-batch.
@@ -173,6 +193,11 @@ class Trainer:
         """Train to cfg.updates. Every process trains; only the main one writes, holding the
         run directory's lock. A resumed run without a checkpoint yet starts from update 0."""
         main = self.world.is_main
+        if self.out is None:
+            if resume:
+                raise ValueError("resume needs a run directory: give the Trainer an `out`")
+            self.source.prepare(None, self.world)
+            return self._train(None)
         with RunWriter(self.out) if main else contextlib.nullcontext() as writer:
             if resume and not has_checkpoint(self.out):
                 if main:
@@ -205,7 +230,7 @@ class Trainer:
         while self.update < cfg.updates:
             update = self.update
             batch = self.batch(update)
-            depth = self.depth(update)
+            depth = self.depth(update, batch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(cfg, update)
             loss, acc = self.accumulate_gradients(batch, depth)
@@ -232,6 +257,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.2f}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
+            self.history.append(record)
             if writer is not None:
                 writer.log(record)
             if self.update % cfg.checkpoint_every == 0 or self.update == cfg.updates:

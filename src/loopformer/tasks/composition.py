@@ -1,0 +1,105 @@
+"""Two-hop composition (Wang et al. 2024, "Grokked transformers are implicit reasoners";
+Loop-Think-Generalize's systematicity test), scaled down for a CPU.
+
+A world of `num_entities` entities and `num_relations` relations, fixed by `world_seed`: every
+entity heads `facts_per_entity` atomic facts (h, r) -> t with distinct relations and random
+tails. A share `ood_fraction` of the atomic facts is out-of-distribution (OOD), the rest in-
+distribution (ID). Training holds every atomic fact (input `h r`) and a subset of the two-hop
+queries (h, r1, r2) -> r2(r1(h)) whose two atomic facts are both ID, `inferred_ratio` times as
+many as the atomic facts (Wang et al.'s phi). Evaluation asks three sets: trained two-hop
+queries ("train"), held-out ID two-hop queries ("id"), and OOD two-hop queries, both of whose
+atomic facts are OOD, so neither ever appeared in a trained composition ("ood").
+Complexity = hops (1 atomic, 2 two-hop).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from .base import Task, left_pad
+
+
+@dataclass
+class CompositionExample:
+    head: int
+    relations: tuple[int, ...]
+    answer: int
+    complexity: int
+
+
+class Composition(Task):
+    name = "composition"
+    interface = "lm"
+
+    def __init__(self, num_entities: int = 200, num_relations: int = 20,
+                 facts_per_entity: int = 10, ood_fraction: float = 0.1,
+                 inferred_ratio: float = 3.6, world_seed: int = 0):
+        if not 1 <= facts_per_entity <= num_relations:
+            raise ValueError(f"facts_per_entity must lie in [1, num_relations = "
+                             f"{num_relations}], got {facts_per_entity}")
+        if not 0 < ood_fraction < 1 or inferred_ratio <= 0:
+            raise ValueError(f"ood_fraction must lie in (0, 1) and inferred_ratio be > 0, got "
+                             f"{ood_fraction} and {inferred_ratio}")
+        E, R = num_entities, num_relations
+        self.num_entities = E
+        self.vocab_size = self.num_classes = E + R  # entities, then relations
+        self.max_len = 3
+        self.train_complexities, self.test_complexities = (1, 2), (2,)
+        world = random.Random(world_seed)
+        self.facts = {(h, r): world.randrange(E) for h in range(E)
+                      for r in sorted(world.sample(range(R), facts_per_entity))}
+        atomic = sorted(self.facts)
+        world.shuffle(atomic)
+        self.ood_facts = set(atomic[:round(ood_fraction * len(atomic))])
+        outgoing = defaultdict(list)
+        for (h, r), t in self.facts.items():
+            outgoing[h].append(r)
+        id_queries, self.ood_queries = [], []
+        for (h, r1), bridge in sorted(self.facts.items()):
+            for r2 in outgoing[bridge]:
+                ood = ((h, r1) in self.ood_facts, (bridge, r2) in self.ood_facts)
+                if ood == (False, False):
+                    id_queries.append(self.two_hop(h, r1, r2))
+                elif ood == (True, True):
+                    self.ood_queries.append(self.two_hop(h, r1, r2))
+        world.shuffle(id_queries)
+        trained = min(round(inferred_ratio * len(self.facts)), len(id_queries) // 2)
+        self.trained_queries, self.held_out_queries = id_queries[:trained], id_queries[trained:]
+
+    def two_hop(self, h: int, r1: int, r2: int) -> CompositionExample:
+        return CompositionExample(h, (r1, r2), self.facts[self.facts[h, r1], r2], 2)
+
+    def check_complexity(self, complexity: int) -> None:
+        if complexity not in (1, 2):
+            raise ValueError(f"task 'composition': hops must be 1 or 2, got {complexity}")
+
+    def sample(self, complexity: int, rng: random.Random) -> CompositionExample:
+        """An atomic fact, or a held-out in-distribution two-hop query."""
+        self.check_complexity(complexity)
+        if complexity == 1:
+            (h, r), t = rng.choice(sorted(self.facts.items()))
+            return CompositionExample(h, (r,), t, 1)
+        return rng.choice(self.held_out_queries)
+
+    def train_set(self, n: int, seed: int, complexities=None) -> list:
+        """Every atomic fact and the trained two-hop queries (n is ignored: the world decides)."""
+        atomic = [CompositionExample(h, (r,), t, 1) for (h, r), t in sorted(self.facts.items())]
+        return atomic + list(self.trained_queries)
+
+    def eval_splits(self, n: int, seed: int, exclude=frozenset()) -> dict[str, list]:
+        """Up to n queries from each of: trained two-hop, held-out ID two-hop, OOD two-hop."""
+        rng = random.Random(seed)
+        pick = lambda pool: rng.sample(pool, min(n, len(pool)))
+        return {"train": pick(self.trained_queries), "id": pick(self.held_out_queries),
+                "ood": pick(self.ood_queries)}
+
+    def collate(self, examples) -> dict[str, torch.Tensor]:
+        E = self.num_entities
+        ids, mask = left_pad([[ex.head] + [E + r for r in ex.relations] for ex in examples])
+        return {"input_ids": ids, "attention_mask": mask,
+                "label": torch.tensor([ex.answer for ex in examples]),
+                "complexity": torch.tensor([ex.complexity for ex in examples])}

@@ -1,0 +1,62 @@
+"""Parity (Fan et al. 2024, "Looped transformers for length generalization"; PonderNet):
+a string of n bits (n = complexity), predict whether it holds an odd number of ones.
+
+The input is `<bos> b_1 ... b_n =` and the answer token is 0 or 1 at the `=` position. The
+task asks for n + `extra_steps` thinking steps per example (TrainConfig.depth = "task"): a
+looped causal model can absorb one bit per step (the state at a position after t steps can
+hold the parity of the t bits before it, reading its left neighbour's state), so its depth
+grows with the string, while a fixed-depth model has a fixed reach.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from .base import Task, left_pad
+
+ZERO, ONE, BOS, EQUALS = 0, 1, 2, 3
+
+
+@dataclass
+class ParityExample:
+    bits: tuple[int, ...]
+    label: int  # 1 = odd number of ones
+    complexity: int
+
+
+class Parity(Task):
+    name = "parity"
+    interface = "lm"
+    vocab_size = num_classes = 4
+
+    def __init__(self, train_bits: int = 12, test_complexities=(4, 8, 12, 16, 20, 24, 32),
+                 extra_steps: int = 2, max_bits: int = 64):
+        if not 1 <= train_bits <= max_bits or extra_steps < 0:
+            raise ValueError(f"parity: train_bits must lie in [1, max_bits = {max_bits}] and "
+                             f"extra_steps be >= 0, got {train_bits} and {extra_steps}")
+        self.train_complexities = tuple(range(1, train_bits + 1))
+        self.test_complexities = tuple(test_complexities)
+        self.extra_steps, self.max_bits = extra_steps, max_bits
+        self.max_len = max_bits + 2
+
+    def check_complexity(self, complexity: int) -> None:
+        if not 1 <= complexity <= self.max_bits:
+            raise ValueError(f"task 'parity': bits must lie in [1, {self.max_bits}] "
+                             f"(max_bits), got {complexity}")
+
+    def sample(self, complexity: int, rng: random.Random) -> ParityExample:
+        bits = tuple(rng.randrange(2) for _ in range(complexity))
+        return ParityExample(bits, sum(bits) % 2, complexity)
+
+    def thinking_steps(self, complexity: torch.Tensor) -> torch.Tensor:
+        """n + extra_steps: one step per bit, and a margin for the ends."""
+        return complexity + self.extra_steps
+
+    def collate(self, examples) -> dict[str, torch.Tensor]:
+        ids, mask = left_pad([[BOS, *ex.bits, EQUALS] for ex in examples])
+        return {"input_ids": ids, "attention_mask": mask,
+                "label": torch.tensor([ex.label for ex in examples]),
+                "complexity": torch.tensor([ex.complexity for ex in examples])}

@@ -1,0 +1,86 @@
+"""A task of your own (docs/tasks.md, docs/examples/brackets.py): trained and evaluated from
+the command line as "module:Class", and from Python with a task object and no run directory;
+per-example thinking steps from the task (depth "task")."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from loopformer.model.depth import Depth
+from loopformer.tasks import make_task, task_name
+from loopformer.training.config import TrainConfig
+from loopformer.training.recipes import recipe
+from loopformer.training.trainer import Trainer
+
+EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
+
+
+def loopformer(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES)}
+    done = subprocess.run([sys.executable, "-m", "loopformer", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_user_task_trains_and_evaluates_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    loopformer("train", "--task", "brackets:Brackets", "--out", str(run), "--updates", "4",
+               "--train.train-examples", "200", "--no-progress", "--threads", "1", cwd=tmp_path)
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["train"]["task"] == "brackets:Brackets"
+    assert stored["model"]["d_model"] == 64  # the task's own defaults over the generic recipe
+    printed = loopformer("frontier", str(run), "--steps", "1,3", "--examples", "20",
+                         "--threads", "1", cwd=tmp_path)
+    assert "brackets: accuracy by complexity" in printed
+    assert json.loads((run / "frontier.json").read_text())["steps"] == [1, 3]
+    loopformer("curves", str(run), cwd=tmp_path)
+
+
+def test_a_task_object_trains_without_a_run_directory(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    monkeypatch.chdir(tmp_path)
+    task = make_task("brackets:Brackets")
+    assert task_name(task) == "brackets:Brackets"
+    model_cfg, cfg = recipe("brackets:Brackets", "quick")
+    cfg = cfg.replace(updates=3, train_examples=100, eval_every=3, eval_examples=16)
+    trainer = Trainer(model_cfg, cfg, None, progress=False, task=task)
+    result = trainer.fit()
+    assert trainer.cfg.task == "brackets:Brackets" and len(trainer.history) == 3
+    assert set(result) <= set(task.train_complexities) and not list(tmp_path.iterdir())
+
+
+def test_depth_from_the_task_in_training_and_evaluation():
+    """Parity asks for bits + 2 steps: each micro-batch's rows run their own counts, and the
+    periodic evaluation uses them too."""
+    model_cfg, cfg = recipe("parity", "quick")
+    model_cfg = model_cfg.replace(d_model=32, n_heads=2, ffn_hidden=64)
+    cfg = cfg.replace(updates=2, batch_size=8, train_examples=64, eval_every=2,
+                      eval_examples=8, task_options={"train_bits": 6})
+    trainer = Trainer(model_cfg, cfg, None, progress=False, grad_accum=2)
+    batch = trainer.batch(0)
+    assert trainer.depth(0, batch).rows.tolist() == (batch["complexity"] + 2).tolist()
+    seen = []
+    original = trainer.train_model.forward
+
+    def spy(part, depth, **kw):  # training passes a Depth, evaluation the (B,) steps
+        rows = depth.rows if isinstance(depth, Depth) else depth
+        seen.append((part["complexity"].tolist(), rows.tolist(), isinstance(depth, Depth)))
+        return original(part, depth, **kw)
+
+    trainer.train_model.forward = spy
+    result = trainer.fit()
+    for complexity, rows, _ in seen:
+        assert rows == [c + 2 for c in complexity]
+    assert sum(training for *_, training in seen) == 2 * 2 and set(result) <= set(range(1, 7))
+    assert all(isinstance(v, float) for v in result.values())
+
+
+def test_the_fixed_depth_baseline_of_a_task_depth_recipe():
+    from loopformer.train_cli import parse_train_flags
+
+    flags, _ = parse_train_flags(["--task", "parity", "--baseline", "compute"])
+    assert flags.model.core == "fixed" and flags.model.fixed_depth == 8
+    assert flags.train.depth == "fixed"
