@@ -1,7 +1,6 @@
 """Each generator's labels are checked by an independent solver."""
 
 import random
-from collections import deque
 
 import pytest
 from hypothesis import given, settings

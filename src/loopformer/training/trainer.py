@@ -175,8 +175,10 @@ class Trainer:
         parts = micro_batches(batch, world.size * k)[world.rank * k:(world.rank + 1) * k]
         total_loss = total_acc = 0.0
         for i, part in enumerate(parts):
-            if depth.rows is not None:  # this micro-batch's own rows
-                depth = Depth.of(self.task.thinking_steps(part["complexity"]))
+            if depth.rows is not None:  # this micro-batch's own rows; every process and
+                # micro-batch loops the whole batch's most steps, so collectives stay in step
+                rows = self.task.thinking_steps(part["complexity"])
+                depth = Depth(0, depth.grad, rows)
             part = to_device(part, self.device)
             share = part["label"].shape[0] / size  # the losses are means over examples
             # Gradients are reduced over processes once, after the last micro-batch.
