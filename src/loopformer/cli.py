@@ -68,6 +68,14 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _step_list(text: str) -> list[int | str]:
+    """--steps of frontier: integers, and "task" for each example's own count."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"--steps needs integers >= 1 or 'task', got {text!r}")
+    return [n if n == "task" else _int_list(n, "--steps")[0] for n in names]
+
+
 def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
              complexities: str | None = None, examples: int = 500,
              threads: int | None = None) -> None:
@@ -81,8 +89,7 @@ def frontier(run_dir: Positional[Path], steps: str = "1,2,3,5,8,12,15,20",
 
     set_threads(threads)
     require_positive(examples=examples)
-    step_list = [s if s == "task" else _int_list(s, "--steps")[0]
-                 for s in (p.strip() for p in steps.split(",")) if s] or _int_list(steps, "--steps")
+    step_list = _step_list(steps)
     task, model, model_cfg, train_cfg = load_run(run_dir)
     levels = _int_list(complexities, "--complexities") if complexities else \
         list(task.test_complexities)

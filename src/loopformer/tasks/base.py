@@ -73,8 +73,9 @@ class Task(ABC):
             if len(chosen) == n:
                 break
             example = self.sample(complexity, rng)
-            if self.key(example) not in seen:
-                seen.add(self.key(example))
+            key = self.key(example)
+            if key not in seen:
+                seen.add(key)
                 chosen.append(example)
         return chosen
 
@@ -83,10 +84,6 @@ class Task(ABC):
         """Named held-out sets evaluated instead of one per complexity (e.g. "train", "id",
         "ood" for composition), or None: one eval_set per complexity."""
         return None
-
-    def train_keys(self, n: int, seed: int) -> set:
-        """The keys of train_set(n, seed): what an evaluation set must leave out."""
-        return {self.key(example) for example in self.train_set(n, seed)}
 
     def examples(self, n: int, complexities: Sequence[int], seed: int) -> list:
         for c in complexities:

@@ -46,7 +46,7 @@ def load_run(run_dir: Path) -> tuple[Task, TaskModel, ModelConfig, TrainConfig]:
 def training_keys(task: Task, train_cfg: TrainConfig) -> set:
     """The keys of the run's training examples (regenerated from its seed), which held-out
     evaluation sets leave out."""
-    return task.train_keys(train_cfg.train_examples, train_cfg.seed)
+    return {task.key(ex) for ex in task.train_set(train_cfg.train_examples, train_cfg.seed)}
 
 
 def metrics_record(line: str) -> dict:
