@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from conftest import tiny_model
 from loopformer import KVCache
+from loopformer.model.cache import SlotKey
 from loopformer.model.exits import DEFAULT_THRESHOLDS
 
 CRITERIA = sorted(DEFAULT_THRESHOLDS)
@@ -177,6 +178,37 @@ def test_compressed_cache_memory_does_not_grow_with_steps():
     exact = lambda steps: model(ids, steps, use_cache=True).past_key_values.nbytes()
     assert exact(16) > exact(8)
     assert size(16, 4) < exact(16)
+
+
+def test_first_and_last_step_policies_keep_that_steps_entries():
+    model = tiny_model()
+    ids = torch.randint(0, 64, (2, 6))
+    steps = 5
+    with torch.no_grad():
+        exact = model(ids[:, :4], steps, use_cache=True).past_key_values
+        model(ids[:, 4:], steps, past_key_values=exact, use_cache=True)
+        for name, step in (("first-step", 0), ("last-step", steps - 1)):
+            cache = KVCache.policy(name)
+            model(ids[:, :4], steps, past_key_values=cache, use_cache=True)
+            model(ids[:, 4:], steps, past_key_values=cache, use_cache=True)
+            for layer in range(model.cfg.n_core):
+                kept = cache.layers[SlotKey("core", 0, layer)]
+                want = exact.layers[SlotKey("core", step, layer)]
+                assert len(cache.buffers) == model.cfg.n_prelude + model.cfg.n_core + \
+                    model.cfg.n_coda
+                # Step 0 never depends on the policy; the prefix's last step does not either.
+                upto = 6 if name == "first-step" else 4
+                for a, b in zip(kept, want):
+                    torch.testing.assert_close(a[..., :upto, :], b[..., :upto, :])
+        one = [model(ids, 1, past_key_values=KVCache.policy(n), use_cache=True).logits
+               for n in ("exact", "first-step", "last-step", "compress-s2")]
+    for logits in one[1:]:
+        torch.testing.assert_close(logits, one[0])
+    for bad in ("compress-s", "middle-step", "compress-sx"):
+        with pytest.raises(ValueError, match="unknown cache policy"):
+            KVCache.policy(bad)
+    with pytest.raises(ValueError, match="keep"):
+        KVCache(core_slots=2, keep="first")
 
 
 def test_compressed_cache_decodes_and_stays_close_to_exact():

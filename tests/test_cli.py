@@ -33,6 +33,11 @@ def test_train_then_frontier_end_to_end(tmp_path, capsys):
     assert kl["threshold"] == 1e-3 and 1 <= kl["mean_steps"] <= 3
     main(["curves", str(out)])
     assert (out / "curves.png").is_file()
+    main(["analyze", str(out), "--examples", "6", "--steps", "8", "--out", str(tmp_path / "a")])
+    analysis = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert analysis["lens_metric"] == "accuracy" and len(analysis["lens"]["accuracy"]) == 8
+    assert sum(analysis["counts"].values()) == analysis["tokens"] > 0
+    assert "token trajectories over 8 steps" in capsys.readouterr().out
     # --resume of a finished run trains nothing more and keeps its checkpoint.
     main(["train", "--out", str(out), "--resume", "--no-progress"])
     assert (out / "latest").read_text().strip() == "ckpt-0000003"
@@ -44,6 +49,7 @@ def test_train_then_frontier_end_to_end(tmp_path, capsys):
     (["frontier", ".", "--steps", "0,2"], "--steps needs integers >= 1"),
     (["train", "--task", "sudoku", "--out", "/tmp/never"], "unknown task 'sudoku'"),
     (["adaptive", ".", "--criteria", "vibes"], "unknown criterion 'vibes'"),
+    (["analyze", ".", "--steps", "4"], "--steps must be >= 8"),
     (["train", "--out", "/tmp/never", "--batch-size", "8", "--grad-accum", "3"],
      "--grad-accum 3 must be >= 1 and divide --batch-size 8"),
 ])

@@ -14,12 +14,13 @@ ALLOWED = {
     "generation": {"model", "config"}, "compile": {"model", "config"},
     "tasks": {"model", "config"},
     "evaluation": {"model", "tasks", "config"},
+    "analysis": {"model", "tasks", "files"},
     "training": {"model", "tasks", "evaluation", "compile", "config", "files", "data"},
     "train_cli": {"config", "training"}, "hf": {"config", "model"},
     "text_cli": {"files", "training", "tasks", "evaluation", "data", "hf"},
     "cli": set(ALL := {"config", "files", "model", "generation", "compile", "tasks",
                        "evaluation", "training", "flops", "memory", "train_cli", "data",
-                       "hf", "text_cli"}),
+                       "hf", "text_cli", "analysis"}),
     "__init__": ALL, "__main__": {"cli"},
 }
 # Thin methods that call the layer above them at call time (and say so in the code).

@@ -70,6 +70,10 @@ def test_perplexity_generate_and_export(corpus, tmp_path, capsys):
     result = json.loads((run / "perplexity.json").read_text())
     assert result["steps"] == [1, 3] and all(p > 1 for p in result["perplexity"])
     assert (run / "perplexity.png").is_file()
+    main(["analyze", str(run), "--examples", "2", "--steps", "8"])
+    analysis = json.loads((run / "analysis" / "analysis.json").read_text())
+    assert analysis["lens_metric"] == "loss" and analysis["tokens"] == 2 * 32
+    assert (run / "analysis" / "lens.png").is_file()
     capsys.readouterr()
     main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "5", "--steps", "2"])
     out = capsys.readouterr().out

@@ -175,8 +175,59 @@ def curves(run_dir: Positional[Path]) -> None:
     print(f"wrote {plot_curves(records, Path(run_dir) / 'curves.png', str(run_dir))}")
 
 
+def analyze(run_dir: Positional[Path], examples: int = 16, steps: int = 32,
+            out: Path | None = None, threads: int | None = None) -> None:
+    """Look inside the loop of a trained run (task or text): every real token's state after
+    each of --steps core steps, its trajectory class (fixed_point / orbit / slider / other,
+    loopformer.analysis.classify_trajectory), the logit lens (the readout after every step)
+    and the state's convergence; writes analysis.json, trajectories.png and lens.png into
+    --out (default RUN/analysis).
+
+    Args:
+        examples: held-out examples (spread over the task's test complexities) or validation
+            windows (text).
+        steps: core steps to run (at least 8).
+    """
+    from .analysis.report import analyze as write_analysis
+    from .analysis.trajectory import MIN_STEPS
+    from .evaluation.scoring import eval_batches
+    from .training.run import load_config, load_run, load_text_run, training_keys
+    from .training.sources import TokenSource
+
+    set_threads(threads)
+    require_positive(examples=examples)
+    if steps < MIN_STEPS:
+        raise ValueError(f"--steps must be >= {MIN_STEPS} to judge a trajectory, got {steps}")
+    _, train_cfg = load_config(run_dir)
+    if train_cfg.task == "text":
+        model, _, model_cfg, train_cfg = load_text_run(run_dir)
+        source = TokenSource(train_cfg, model_cfg, run_dir)
+        source.open(run_dir)
+        batches, name = source.val_batches(examples), "text"
+    else:
+        task, model, model_cfg, train_cfg = load_run(run_dir)
+        levels = list(task.test_complexities)
+        found = eval_batches(task, levels, max(1, examples // len(levels)), train_cfg.seed,
+                             training_keys(task, train_cfg))
+        batches, name = list(found.values()), task.name
+    out = Path(out) if out is not None else Path(run_dir) / "analysis"
+    start = time.perf_counter()
+    summary = write_analysis(model, batches, steps, out, f"{name} ({run_dir})")
+    metric = summary["lens_metric"]
+    print(f"{name}: {summary['tokens']} token trajectories over {steps} steps: "
+          + ", ".join(f"{c} {n}" for c, n in summary["counts"].items()))
+    print(f"logit lens ({metric}, entropy) and median relative state change by step:")
+    change = [float("nan"), *summary["convergence"]["median"]]
+    for t in range(steps):
+        print(f"{t + 1:>4} {summary['lens'][metric][t]:>8.4f} {summary['lens']['entropy'][t]:>8.4f}"
+              f" {change[t]:>10.2e}")
+    print(f"wrote {out}/analysis.json, trajectories.png and lens.png in "
+          f"{time.perf_counter() - start:.0f}s")
+
+
 COMMANDS = {"train": TrainFlags, "frontier": frontier, "adaptive": adaptive, "curves": curves,
-            "perplexity": perplexity, "generate": generate, "export": export, "demo": demo}
+            "perplexity": perplexity, "generate": generate, "export": export, "demo": demo,
+            "analyze": analyze}
 
 
 def main(argv: list[str] | None = None) -> None:

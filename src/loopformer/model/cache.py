@@ -12,6 +12,9 @@ Every unrolled block has a slot, a `SlotKey(region, step, layer)`: ("prelude", 0
 - `core_slots=N` ("compress-sN" in Huginn): core step t uses slot t mod N, and a token's entry
   in a slot is the one of its last step that mapped there. Memory no longer grows with the
   number of steps. Implies the latest fallback for slots a token never reached.
+  `core_slots=1` keeps each token's last step only (Ouro's "last-loop" reuse); with
+  `keep="first"` it keeps its first step instead ("first-loop"): every later token's every step
+  attends to what earlier tokens wrote at step 0. `KVCache.policy(name)` names them all.
 
 Each call gets its own `CacheWriter` (`KVCache.writer`): it checks and prepares each slot the
 first time the call uses it, and hands the blocks of a region a `SlotView`, which writes the
@@ -94,17 +97,34 @@ class KVCache:
     it allocates nothing per step; a full buffer doubles its capacity.
     """
 
-    def __init__(self, mode: str = "exact", core_slots: int | None = None) -> None:
+    def __init__(self, mode: str = "exact", core_slots: int | None = None,
+                 keep: str = "last") -> None:
         if mode not in MODES:
             raise ValueError(f"KVCache mode must be one of {MODES}, got {mode!r}")
         if core_slots is not None and core_slots < 1:
             raise ValueError(f"core_slots must be >= 1 or None, got {core_slots}")
-        self.mode, self.core_slots = mode, core_slots
+        if keep not in ("last", "first") or (keep == "first" and core_slots != 1):
+            raise ValueError(f"keep must be 'last', or 'first' with core_slots=1, got "
+                             f"keep={keep!r} with core_slots={core_slots}")
+        self.mode, self.core_slots, self.keep_first = mode, core_slots, keep == "first"
         self.fill_forward = mode == "latest" or core_slots is not None
         self.buffers: dict[SlotKey, Entries] = {}
         self.lengths: dict[SlotKey, int] = {}  # filled entries per slot
         self.key_mask: torch.Tensor | None = None  # (B, past_len) bool, True = real token
         self.positions: torch.Tensor | None = None  # (B, past_len) RoPE positions
+
+    @classmethod
+    def policy(cls, name: str) -> "KVCache":
+        """A cache by name: "exact", "latest", "compress-sN" (N core slots), "last-step"
+        (one slot, each token's last step) or "first-step" (one slot, its first step)."""
+        if name in MODES:
+            return cls(mode=name)
+        if name in ("last-step", "first-step"):
+            return cls(core_slots=1, keep=name.split("-")[0])
+        if name.startswith("compress-s") and name[len("compress-s"):].isdigit():
+            return cls(core_slots=int(name[len("compress-s"):]))
+        raise ValueError(f"unknown cache policy {name!r}; choose exact, latest, compress-sN, "
+                         "last-step or first-step")
 
     @property
     def seq_len(self) -> int:
@@ -150,6 +170,8 @@ class KVCache:
         """Record the call's tokens once every block has written them."""
         writer.flush()
         past, end = writer.start, writer.end
+        for slot, first in writer.first_step.items():  # keep="first": restore step 0's entries
+            self.buffers[slot] = _write(self.buffers[slot], first, past)
         if self.fill_forward:  # core slots the call did not reach get its deepest entries
             for slot, length in list(self.lengths.items()):
                 if slot.region == "core" and length == past:
@@ -187,6 +209,7 @@ class CacheWriter:
         self.deepest: dict[int, SlotKey] = {}  # core layer -> the slot of its deepest step
         self.reserved = False  # every slot prepared by reserve(): view() only looks up
         self.handed_out: list[tuple[list[SlotKey], SlotView]] = []
+        self.first_step: dict[SlotKey, Entries] = {}  # keep="first": the new tokens' step 0
 
     def view(self, region: str, step: int, layers: int) -> SlotView:
         keys = [SlotKey(region, step, layer) for layer in range(layers)]
@@ -195,6 +218,11 @@ class CacheWriter:
             return SlotView([buffers[self.cache.slot_for(key)] for key in keys], self.start)
         self.flush()
         slots = [self._prepare(key) for key in keys]
+        if self.cache.keep_first and region == "core" and step > 0:
+            for slot in slots:  # step 0 has written; later steps overwrite the new entries
+                if slot not in self.first_step:
+                    self.first_step[slot] = tuple(
+                        t[..., self.start:self.end, :].clone() for t in buffers[slot])
         view = SlotView([buffers.get(slot) for slot in slots], self.start)
         self.handed_out.append((slots, view))
         return view

@@ -214,6 +214,7 @@ class LoopLM(nn.Module):
         prepare them all up front and forward_cached runs: in inference, with past tokens,
         without data-dependent stops (exits, learned halting) or random draws (noise init)."""
         return (cache.seq_len > 0 and exit_rule is None and not torch.is_grad_enabled()
+                and not cache.keep_first  # its writer snapshots step 0 between steps
                 and self.cfg.core == "recurrent" and self.cfg.halting == "none"
                 and self.cfg.state_init != "noise")
 

@@ -137,14 +137,18 @@ class TokenSource:
         rng = np.random.default_rng([self.cfg.seed, update, 0x7E47])
         return _next_token_batch(self.train.sample(self.cfg.batch_size, rng))
 
+    def val_batches(self, count: int, size: int = 64) -> list[dict]:
+        """The first `count` validation windows as next-token batches of at most `size`."""
+        count = min(len(self.val), count)
+        return [_next_token_batch(self.val.sequences(range(start, min(count, start + size))))
+                for start in range(0, count, size)]
+
     def evaluate(self, model: TaskModel, steps: int) -> dict:
         """Mean next-token loss over the first eval_examples validation windows."""
-        count = min(len(self.val), self.cfg.eval_examples)
         device = next(model.parameters()).device
         total = tokens = 0.0
-        for start in range(0, count, 64):
-            batch = to_device(_next_token_batch(
-                self.val.sequences(range(start, min(count, start + 64)))), device)
+        for batch in self.val_batches(self.cfg.eval_examples):
+            batch = to_device(batch, device)
             logits = model(batch, steps).logits[-1]
             labels = batch["label"]
             total += float(torch.nn.functional.cross_entropy(
