@@ -29,7 +29,17 @@ class PermutationChains(Task):
 
     def __init__(self, num_entities: int = 200, num_relations: int = 10, world_seed: int = 0,
                  train_complexities=tuple(range(1, 7)),
-                 test_complexities=(1, 2, 4, 6, 8, 10, 12, 14, 16)):
+                 test_complexities=(1, 2, 4, 6, 8, 10, 12, 14, 16),
+                 train_hops: int | None = None, extra_steps: int = 1):
+        """train_hops: train on 1..train_hops hops (instead of train_complexities);
+        extra_steps: thinking steps beyond one per hop (thinking_steps)."""
+        if train_hops is not None:
+            if train_hops < 1:
+                raise ValueError(f"chains: train_hops must be >= 1, got {train_hops}")
+            train_complexities = tuple(range(1, train_hops + 1))
+        if extra_steps < 0:
+            raise ValueError(f"chains: extra_steps must be >= 0, got {extra_steps}")
+        self.extra_steps = extra_steps
         self.num_entities, self.num_relations = num_entities, num_relations
         world = random.Random(world_seed)
         self.permutations = [world.sample(range(num_entities), num_entities)
@@ -39,6 +49,11 @@ class PermutationChains(Task):
         self.train_complexities = tuple(train_complexities)
         self.test_complexities = tuple(test_complexities)
         self.max_len = max(self.test_complexities) + 1
+
+    def thinking_steps(self, complexity: torch.Tensor) -> torch.Tensor:
+        """One step per hop (position j can hold the entity after j relations once its left
+        neighbour does) and `extra_steps` more."""
+        return complexity + self.extra_steps
 
     def follow(self, entity: int, relations: list[int]) -> int:
         for r in relations:

@@ -67,7 +67,8 @@ class Composition(Task):
                 elif ood == (True, True):
                     self.ood_queries.append(self.two_hop(h, r1, r2))
         world.shuffle(id_queries)
-        trained = min(round(inferred_ratio * len(self.facts)), len(id_queries) // 2)
+        # At least a tenth of the ID queries stays held out, whatever phi asks for.
+        trained = min(round(inferred_ratio * len(self.facts)), len(id_queries) * 9 // 10)
         self.trained_queries, self.held_out_queries = id_queries[:trained], id_queries[trained:]
 
     def two_hop(self, h: int, r1: int, r2: int) -> CompositionExample:
