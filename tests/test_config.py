@@ -17,6 +17,7 @@ from loopformer import PRESETS, LoopLM, ModelConfig
     (dict(step_embedding="rotary"), "step_embedding"),
     (dict(norm="post"), "norm"),
     (dict(n_core=0), "n_core"),
+    (dict(attention_window=0), "attention_window"),
     (dict(n_heads=0), "n_heads"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(mean_steps=0), "mean_steps"),

@@ -177,6 +177,34 @@ def test_structure_mask_restricts_attention():
     torch.testing.assert_close(features[:, :5], features2[:, :5], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_window_limits_the_reach_and_decodes_exactly(causal):
+    window, steps = 2, 2
+    model = tiny_model(causal=causal, attention_window=window, n_prelude=1, n_core=1, n_coda=1)
+    reach = window * (model.cfg.n_prelude + steps * model.cfg.n_core + model.cfg.n_coda)
+    ids = torch.randint(0, 64, (2, reach + 4))
+    last = ids.shape[1] - 1
+    out = model(ids, steps).logits[:, last]
+    for position, moves in ((last - reach - 1, False), (last - reach, True)):
+        changed = ids.clone()
+        changed[:, position] = (changed[:, position] + 1) % 64
+        moved = not torch.allclose(model(changed, steps).logits[:, last], out)
+        assert moved == moves, position
+    wide = tiny_model(causal=causal, attention_window=ids.shape[1], n_prelude=1, n_core=1,
+                      n_coda=1)
+    torch.testing.assert_close(wide(ids, steps).logits, tiny_model(
+        causal=causal, n_prelude=1, n_core=1, n_coda=1)(ids, steps).logits)
+    if causal:  # a cache keeps every key, and the window still applies to the past ones
+        with torch.no_grad():
+            full = model(ids, steps).logits
+            cache = model(ids[:, :5], steps, use_cache=True).past_key_values
+            pieces = [full[:, :0]]
+            for t in range(5, ids.shape[1]):
+                pieces.append(model(ids[:, t:t + 1], steps, past_key_values=cache,
+                                    use_cache=True).logits)
+        torch.testing.assert_close(torch.cat(pieces, 1), full[:, 5:], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("ids, match", [
     (torch.tensor([[1, 2, 64]]), r"token ids must lie in \[0, 64\)"),
     (torch.tensor([[-1, 2]]), r"token ids must lie in \[0, 64\)"),

@@ -61,6 +61,10 @@ class ModelConfig(DictConfig):
     """Causal attention mask (language models); off for bidirectional tasks."""
     rope: bool = True
     """Rotary position embedding; off for inputs whose order carries no meaning (graph nodes)."""
+    attention_window: int | None = None
+    """Sliding-window attention (Mistral 7B): a token sees keys at most this many positions
+    away (back, or either side without causal); None: every key. A rule that reads its
+    neighbours then meets no unseen distance on longer inputs (docs/results.md, chains)."""
     core: CoreKind = "recurrent"
     """'recurrent' loops the shared core; 'fixed' is the no-recurrence baseline: fixed_depth
     untied copies of the core, each applied once, whatever num_steps says."""
@@ -136,6 +140,8 @@ class ModelConfig(DictConfig):
                  f"must lie in (0, 1), got {self.halt_threshold}")
         _require(self.layer_scale_init is None or self.layer_scale_init > 0, "layer_scale_init",
                  f"must be > 0 or None, got {self.layer_scale_init}")
+        _require(self.attention_window is None or self.attention_window >= 1,
+                 "attention_window", f"must be >= 1 or None, got {self.attention_window}")
         for name in ("noise_std", "rope_theta", "norm_eps", "init_std"):
             _require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
         # Weights drawn with a std far above 1 overflow the logits (found by the property test).

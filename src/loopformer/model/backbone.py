@@ -37,7 +37,8 @@ class Backbone(nn.Module):
         cfg = self.cfg
         return make_context(self.rope, cfg.causal, batch, length, device, attention_mask,
                             structure_mask, writer,
-                            collect_moe_losses=cfg.ffn == "moe" and cfg.moe_balance == "aux-loss")
+                            collect_moe_losses=cfg.ffn == "moe" and cfg.moe_balance == "aux-loss",
+                            window=cfg.attention_window)
 
     def encode(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """The prelude: embeddings -> e, the input injected into every core step."""

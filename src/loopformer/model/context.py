@@ -45,8 +45,10 @@ def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length:
                  device: torch.device, attention_mask: torch.Tensor | None = None,
                  structure_mask: torch.Tensor | None = None,
                  writer: CacheWriter | None = None,
-                 collect_moe_losses: bool = False) -> AttentionContext:
-    """Attention inputs for `length` new tokens (after the cache's past tokens, if any)."""
+                 collect_moe_losses: bool = False,
+                 window: int | None = None) -> AttentionContext:
+    """Attention inputs for `length` new tokens (after the cache's past tokens, if any);
+    `window`: keys at most that many positions away (sliding-window attention)."""
     cache = writer.cache if writer is not None else None
     past = cache.seq_len if cache is not None else 0
     if attention_mask is None:
@@ -77,7 +79,7 @@ def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length:
     keys = new_mask if not past else torch.cat((cache.key_mask, new_mask), dim=1)
     # Without a mask or a cache nothing is padded: no need to read the mask back (a device sync).
     padded = (attention_mask is not None or past > 0) and not bool(keys.all())
-    if not padded and structure_mask is None:
+    if not padded and structure_mask is None and window is None:
         if past == 0:
             return AttentionContext(cos, sin, None, causal, **common)
         if length == 1 or not causal:
@@ -88,6 +90,10 @@ def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length:
                                        device=device).tril(diagonal=past)
     if structure_mask is not None:
         allowed = allowed & structure_mask.to(device=device, dtype=torch.bool)
+    if window is not None:
+        key_positions = positions if not past else torch.cat((cache.positions, positions), 1)
+        distance = positions[:, :, None] - key_positions[:, None, :]
+        allowed = allowed & (distance.abs() <= window)
     # Every token sees itself, so a padding row never takes a softmax over nothing (NaN).
     diagonal = torch.zeros(length, past + length, dtype=torch.bool, device=device)
     diagonal[:, past:] = torch.eye(length, dtype=torch.bool, device=device)

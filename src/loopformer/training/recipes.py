@@ -28,6 +28,11 @@ SEQUENCE_MODEL = ModelConfig(d_model=128, n_heads=4, ffn_hidden=256, n_prelude=1
 # answer can only come from the loop; with a prelude and a coda the 0.3 model solved what one
 # pass can and left the core near the identity (docs/results.md).
 FAMILY_MODEL = SEQUENCE_MODEL.replace(vocab_size=32, causal=False, n_prelude=0, n_coda=0)
+# Chains: the core alone (see the recipe) with a two-token attention window: a step reads its
+# left neighbour, and no distance longer than in training appears on longer chains (without
+# the window the model solved 9 hops and failed from 10: docs/results.md).
+CHAINS_MODEL = SEQUENCE_MODEL.replace(vocab_size=60, max_seq_len=32, n_prelude=0, n_coda=0,
+                                      attention_window=2)
 
 RECIPES: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {
     ("graph", "paper"): (GRAPH_MODEL, TrainConfig(
@@ -50,19 +55,22 @@ RECIPES: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {
     ("family", "quick"): (FAMILY_MODEL, TrainConfig(
         task="family", updates=1200, batch_size=64, train_examples=8_000, lr=1e-3,
         depth="uniform", depth_low=1, depth_high=12, eval_every=250, checkpoint_every=250)),
-    # Loop-Think-Generalize: 200 entities, trained to 12 hops; each example thinks one step
-    # per hop and one more (depth "task"); curriculum from 1-2 hops, adding one once the
-    # hardest held-out level passes 0.95. depth_mean: the mean of those steps (the
-    # compute-matched baseline's depth).
-    ("chains", "paper"): (SEQUENCE_MODEL.replace(vocab_size=210, max_seq_len=32), TrainConfig(
+    # Loop-Think-Generalize: 200 entities, trained to 12 hops. Each example thinks one step
+    # per hop and one more (depth "task"). The core alone, no prelude or coda: the entity a
+    # step computes at a relation's position is then where the tied readout puts entities,
+    # so the next position looks it up like an input entity. Enough distinct training chains
+    # that memorising them is no way out (0.4: with 20,000 and a curriculum the model
+    # memorised the 2-hop chains and never composed; docs/results.md). depth_mean: the mean
+    # of the steps (the compute-matched baseline's depth).
+    ("chains", "paper"): (CHAINS_MODEL.replace(vocab_size=210), TrainConfig(
         task="chains", task_options={"train_hops": 12}, updates=8000, batch_size=128,
-        train_examples=50_000, lr=1e-3, depth="task", depth_mean=7.5, curriculum=True,
-        eval_every=250, checkpoint_every=500)),
+        train_examples=200_000, lr=1e-3, depth="task", depth_mean=7.5, eval_every=250,
+        checkpoint_every=500)),
     # quick: 50 entities, trained to 8 hops.
-    ("chains", "quick"): (SEQUENCE_MODEL.replace(vocab_size=60, max_seq_len=32), TrainConfig(
-        task="chains", task_options={"num_entities": 50, "train_hops": 8}, updates=5000,
-        batch_size=128, train_examples=20_000, lr=1e-3, depth="task", depth_mean=5.5,
-        curriculum=True, eval_every=100, checkpoint_every=250)),
+    ("chains", "quick"): (CHAINS_MODEL, TrainConfig(
+        task="chains", task_options={"num_entities": 50, "train_hops": 8}, updates=3000,
+        batch_size=128, train_examples=100_000, lr=1e-3, depth="task", depth_mean=5.5,
+        eval_every=100, checkpoint_every=250)),
     # Grokking (Power et al. 2022 / Nanda et al. 2023): full batch, AdamW lr 1e-3,
     # weight decay 1.0, betas (0.9, 0.98). One core step: the looped part is not the point here.
     ("modarith", "paper"): (SEQUENCE_MODEL.replace(vocab_size=99, max_seq_len=8, n_prelude=0,
@@ -110,14 +118,18 @@ RECIPES[("parity", "paper")] = (PARITY_MODEL, TrainConfig(
     train_examples=50_000, lr=3e-4, depth="task", depth_mean=12.5, eval_every=500,
     checkpoint_every=500))
 
-# Two-hop composition (Wang et al. 2024): every atomic fact and phi = 3.6 two-hop queries per
-# atomic fact, weight decay 0.1, batch 512; quick: 200 entities, 20 relations, 10 facts each;
-# paper: Wang et al.'s 2,000 entities, 200 relations, 20 facts each, phi 7.2.
-COMPOSITION_MODEL = SEQUENCE_MODEL.replace(vocab_size=220, max_seq_len=4)
+# Two-hop composition (Wang et al. 2024): every atomic fact and phi two-hop queries per atomic
+# fact, batch 512. The core alone (no prelude or coda) and a tied readout, so that the bridge
+# entity a step computes lies where the readout (and so the input embedding) puts entities,
+# and the next step can look it up like an input (docs/results.md, chains). quick: 200
+# entities, 20 relations, 10 facts each, phi 7.2, weight decay 1.0 (the pace of grokking;
+# Wang et al.: 0.1); paper: Wang et al.'s 2,000 entities, 200 relations, 20 facts each.
+COMPOSITION_MODEL = SEQUENCE_MODEL.replace(vocab_size=220, max_seq_len=4, n_prelude=0,
+                                           n_coda=0)
 RECIPES[("composition", "quick")] = (COMPOSITION_MODEL, TrainConfig(
-    task="composition", updates=4000, batch_size=512, lr=1e-3, weight_decay=0.1,
-    depth="uniform", depth_low=2, depth_high=6, eval_steps=4, eval_every=100,
-    eval_examples=500, checkpoint_every=500))
+    task="composition", task_options={"inferred_ratio": 7.2}, updates=4000, batch_size=512,
+    lr=1e-3, weight_decay=1.0, min_lr_ratio=1.0, depth="uniform", depth_low=2, depth_high=6,
+    eval_steps=4, eval_every=100, eval_examples=500, checkpoint_every=500))
 RECIPES[("composition", "paper")] = (COMPOSITION_MODEL.replace(vocab_size=2200), TrainConfig(
     task="composition", task_options={"num_entities": 2000, "num_relations": 200,
                                       "facts_per_entity": 20, "ood_fraction": 0.05,
