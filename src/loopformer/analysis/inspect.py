@@ -34,11 +34,8 @@ def inspect(model, batches: list[dict], steps: int) -> Inspection:
     model.eval()
     device = next(model.parameters()).device
     states, where = [], []
-    correct = torch.zeros(steps, dtype=torch.float64)
-    loss = torch.zeros(steps, dtype=torch.float64)
-    entropy = torch.zeros(steps, dtype=torch.float64)
-    scored = 0
-    token_level = False
+    sums = torch.zeros(steps, 3, dtype=torch.float64)  # correct, loss, entropy by step
+    scored, token_level = 0, False
     for b, batch in enumerate(batches):
         batch = to_device(batch, device)
         collector = StateCollector()
@@ -56,20 +53,24 @@ def inspect(model, batches: list[dict], steps: int) -> Inspection:
             where.append({"batch": b, "example": example, "position": position,
                           "complexity": None if complexity is None
                           else int(complexity[example])})
-        labels = batch["label"]
         for t, logits in enumerate(out.logits):
-            logits = logits.float()
-            token_level = logits.dim() == 3
-            keep = labels.reshape(-1) != -100  # ignored positions do not count
-            flat, target = logits.reshape(-1, logits.shape[-1])[keep], labels.reshape(-1)[keep]
-            log_p = flat.log_softmax(-1)
-            correct[t] += float((flat.argmax(-1) == target).sum())
-            loss[t] += float(F.nll_loss(log_p, target, reduction="sum"))
-            entropy[t] += float(-(log_p.exp() * log_p).sum(-1).nansum())
-        scored += int((labels != -100).sum())
-    lens = {"accuracy": (correct / scored).tolist(), "loss": (loss / scored).tolist(),
-            "entropy": (entropy / scored).tolist()}
+            sums[t] += _lens_sums(logits, batch["label"])
+        scored += int((batch["label"] != -100).sum())
+        token_level = out.logits[-1].dim() == 3
+    lens = dict(zip(("accuracy", "loss", "entropy"), (sums / scored).T.tolist()))
     return Inspection(torch.cat(states), where, lens, token_level)
+
+
+def _lens_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One step's readout over the scored labels (-100: ignored): the number correct, the
+    summed next-token / answer loss and the summed entropy."""
+    keep = labels.reshape(-1) != -100
+    flat = logits.float().reshape(-1, logits.shape[-1])[keep]
+    target = labels.reshape(-1)[keep]
+    log_p = flat.log_softmax(-1)
+    return torch.tensor([float((flat.argmax(-1) == target).sum()),
+                         float(F.nll_loss(log_p, target, reduction="sum")),
+                         float(-(log_p.exp() * log_p).sum(-1).nansum())], dtype=torch.float64)
 
 
 def convergence(states: torch.Tensor) -> dict[str, list[float]]:
