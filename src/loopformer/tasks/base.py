@@ -124,3 +124,11 @@ def cls_batch(token_lists: Sequence[Sequence[int]], examples, cls_id: int) -> di
     return {"input_ids": ids, "attention_mask": mask,
             "label": torch.tensor([ex.label for ex in examples]),
             "complexity": torch.tensor([ex.complexity for ex in examples])}
+
+
+def answer_batch(token_lists: Sequence[Sequence[int]], answers: Sequence[int], examples) -> dict:
+    """An answer-token batch ("lm" interface): left padding, so that the last position reads
+    the answer, with the answers as labels and the examples' complexities."""
+    ids, mask = left_pad(token_lists)
+    return {"input_ids": ids, "attention_mask": mask, "label": torch.tensor(list(answers)),
+            "complexity": torch.tensor([ex.complexity for ex in examples])}

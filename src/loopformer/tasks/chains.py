@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Task, left_pad
+from .base import Task, answer_batch
 
 
 @dataclass
@@ -67,7 +67,5 @@ class PermutationChains(Task):
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
         E = self.num_entities
-        ids, mask = left_pad([[ex.entity] + [E + r for r in ex.relations] for ex in examples])
-        return {"input_ids": ids, "attention_mask": mask,
-                "label": torch.tensor([ex.answer for ex in examples]),
-                "complexity": torch.tensor([ex.complexity for ex in examples])}
+        return answer_batch([[ex.entity] + [E + r for r in ex.relations] for ex in examples],
+                            [ex.answer for ex in examples], examples)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Task, left_pad
+from .base import Task, answer_batch
 
 
 @dataclass
@@ -100,7 +100,5 @@ class Composition(Task):
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
         E = self.num_entities
-        ids, mask = left_pad([[ex.head] + [E + r for r in ex.relations] for ex in examples])
-        return {"input_ids": ids, "attention_mask": mask,
-                "label": torch.tensor([ex.answer for ex in examples]),
-                "complexity": torch.tensor([ex.complexity for ex in examples])}
+        return answer_batch([[ex.head] + [E + r for r in ex.relations] for ex in examples],
+                            [ex.answer for ex in examples], examples)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Task, left_pad
+from .base import Task, answer_batch
 
 
 @dataclass
@@ -77,7 +77,4 @@ class ModularArithmetic(Task):
             for a in ex.operands[1:]:
                 row += [self.plus, a]
             rows.append(row + [self.equals])
-        ids, mask = left_pad(rows)
-        return {"input_ids": ids, "attention_mask": mask,
-                "label": torch.tensor([ex.answer for ex in examples]),
-                "complexity": torch.tensor([ex.complexity for ex in examples])}
+        return answer_batch(rows, [ex.answer for ex in examples], examples)

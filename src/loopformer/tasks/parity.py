@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Task, left_pad
+from .base import Task, answer_batch
 
 ZERO, ONE, BOS, EQUALS = 0, 1, 2, 3
 
@@ -56,7 +56,5 @@ class Parity(Task):
         return complexity + self.extra_steps
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
-        ids, mask = left_pad([[BOS, *ex.bits, EQUALS] for ex in examples])
-        return {"input_ids": ids, "attention_mask": mask,
-                "label": torch.tensor([ex.label for ex in examples]),
-                "complexity": torch.tensor([ex.complexity for ex in examples])}
+        return answer_batch([[BOS, *ex.bits, EQUALS] for ex in examples],
+                            [ex.label for ex in examples], examples)
