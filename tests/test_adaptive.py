@@ -63,6 +63,46 @@ def test_a_sequence_gets_the_same_answer_alone_or_in_a_batch(criterion):
                                    rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("policy", ["latest", "compress-s2", "last-step"])
+@torch.no_grad()  # rows leave the loop in inference only
+def test_decoding_a_batch_with_exits_equals_decoding_each_sequence_alone(policy):
+    # Rows whose token has exited leave the loop; their deeper cache entries are their deepest
+    # ones, so later tokens see what they would see had the row been decoded alone.
+    model = tiny_model(injection="gated", state_init="embed")
+    ids = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(3))
+    options = exit_kwargs("latent-diff")
+
+    def decode(rows):
+        cache, logits, steps = KVCache.policy(policy), [], []
+        for t in range(ids.shape[1]):
+            out = model(ids[rows, t:t + 1], 12, past_key_values=cache, use_cache=True,
+                        **options)
+            logits.append(out.logits[:, -1])
+            steps.append(out.steps[:, -1])
+        return torch.stack(logits, 1), torch.stack(steps, 1)
+
+    batch_logits, batch_steps = decode([0, 1, 2])
+    assert len(set(batch_steps.flatten().tolist())) > 1  # rows really stopped apart
+    for row in range(3):
+        logits, steps = decode([row])
+        assert torch.equal(batch_steps[row], steps[0])
+        torch.testing.assert_close(batch_logits[row], logits[0], rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_rows_whose_tokens_all_exited_leave_the_loop():
+    model = tiny_model(injection="gated", state_init="embed")
+    rows_per_call = []
+    model.core.blocks.register_forward_hook(lambda m, args, out: rows_per_call.append(
+        out.shape[0]))
+    ids = torch.randint(0, 64, (4, 6))
+    out = model(ids, 24, **exit_kwargs("latent-diff"))
+    slowest = out.steps.max(1).values  # per row
+    assert len(rows_per_call) == int(slowest.max())
+    assert rows_per_call == [int((slowest > t).sum()) for t in range(len(rows_per_call))]
+    assert min(rows_per_call) < 4  # some rows finished before others
+
+
 def test_unknown_criterion_and_bad_exit_arguments():
     model = tiny_model()
     ids = torch.zeros(1, 3, dtype=torch.long)

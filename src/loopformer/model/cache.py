@@ -32,9 +32,9 @@ import torch
 
 from ..config import ModelConfig
 from .depth import Depth
+from .slots import Entries, SlotView, with_room, write_entries
 
 MODES = ("exact", "latest")
-Entries = tuple[torch.Tensor, ...]
 
 
 class SlotKey(NamedTuple):
@@ -49,45 +49,6 @@ def cache_slots(cfg: ModelConfig, depth: Depth) -> list[SlotKey]:
     return ([SlotKey("prelude", 0, i) for i in range(cfg.n_prelude)]
             + [SlotKey("core", t, i) for t in range(steps) for i in range(cfg.n_core)]
             + [SlotKey("coda", 0, i) for i in range(cfg.n_coda)])
-
-
-def _with_room(stored: Entries | None, like: Entries, end: int, keep: int) -> Entries:
-    """Buffers that hold `end` entries, keeping the first `keep` of `stored`: `stored` itself
-    when it is large enough, else new ones of double size (amortised O(1) per token)."""
-    if stored is not None and stored[0].shape[-2] >= end:
-        return stored
-    capacity = end if stored is None else max(end, 2 * stored[0].shape[-2])
-    grown = tuple(t.new_empty((*t.shape[:-2], capacity, t.shape[-1])) for t in like)
-    if stored is not None:
-        for new, old in zip(grown, stored):
-            new[..., :keep, :] = old[..., :keep, :]
-    return grown
-
-
-def _write(stored: Entries | None, entries: Entries, start: int) -> Entries:
-    """Write `entries` at [start, start + n) of `stored` (grown if needed); return the
-    buffers, which may be new."""
-    end = start + entries[0].shape[-2]
-    stored = _with_room(stored, entries, end, keep=start)
-    for buffer, entry in zip(stored, entries):
-        buffer[..., start:end, :] = entry
-    return stored
-
-
-class SlotView:
-    """The buffers of one region's blocks (for one core step) in one call, by layer. Plain
-    tensor code, so compiled regions trace it; `start` stays a symbolic int (no recompilation
-    per token). Buffers it allocates or grows reach the cache through the CacheWriter."""
-
-    def __init__(self, entries: list[Entries | None], start: int):
-        self.entries, self.start = entries, start
-
-    def update(self, layer: int, entries: Entries) -> Entries:
-        """Write this call's entries for block `layer`; return its past + new entries."""
-        stored = _write(self.entries[layer], entries, self.start)
-        self.entries[layer] = stored
-        end = self.start + entries[0].shape[-2]
-        return tuple(buffer[..., :end, :] for buffer in stored)
 
 
 class KVCache:
@@ -170,18 +131,35 @@ class KVCache:
         """Record the call's tokens once every block has written them."""
         writer.flush()
         past, end = writer.start, writer.end
+        if writer.row_steps is not None:
+            self._fill_stopped_rows(writer)
         for slot, first in writer.first_step.items():  # keep="first": restore step 0's entries
-            self.buffers[slot] = _write(self.buffers[slot], first, past)
+            self.buffers[slot] = write_entries(self.buffers[slot], first, past)
         if self.fill_forward:  # core slots the call did not reach get its deepest entries
             for slot, length in list(self.lengths.items()):
                 if slot.region == "core" and length == past:
                     deepest = self.entries(writer.deepest[slot.layer], end)
-                    self.buffers[slot] = _write(self.buffers[slot],
+                    self.buffers[slot] = write_entries(self.buffers[slot],
                                                 tuple(t[..., past:, :] for t in deepest), past)
                     self.lengths[slot] = end
         cat = lambda old, new: new if old is None else torch.cat((old, new), dim=1)
         self.key_mask = cat(self.key_mask, new_mask)
         self.positions = cat(self.positions, new_positions)
+
+    def _fill_stopped_rows(self, writer: "CacheWriter") -> None:
+        """Rows that left the loop before its last step (all their tokens had exited) wrote
+        no entries for the later steps; each gets its deepest entry there (the latest
+        fallback), as when a batch of that row alone ends the loop early."""
+        steps, past, end = writer.row_steps, writer.start, writer.end
+        for slot in writer.prepared:
+            missing = steps <= slot.step  # steps 0 .. steps-1 of a row wrote slots 0 .. steps-1
+            if slot.region != "core" or not bool(missing.any()):
+                continue
+            for deepest in steps[missing].unique().tolist():
+                rows = (missing & (steps == deepest)).nonzero().squeeze(1)
+                source = self.buffers[self.slot_for(SlotKey("core", deepest - 1, slot.layer))]
+                for target, entries in zip(self.buffers[slot], source):
+                    target[rows, ..., past:end, :] = entries[rows, ..., past:end, :]
 
     def truncate(self, length: int) -> None:
         """Forget every token after the first `length` (speculative decoding's rollback)."""
@@ -210,6 +188,8 @@ class CacheWriter:
         self.reserved = False  # every slot prepared by reserve(): view() only looks up
         self.handed_out: list[tuple[list[SlotKey], SlotView]] = []
         self.first_step: dict[SlotKey, Entries] = {}  # keep="first": the new tokens' step 0
+        # (B,) core steps each batch row ran, set by the core when rows stopped early
+        self.row_steps: torch.Tensor | None = None
 
     def view(self, region: str, step: int, layers: int) -> SlotView:
         keys = [SlotKey(region, step, layer) for layer in range(layers)]
@@ -244,7 +224,7 @@ class CacheWriter:
                 raise ValueError("KVCache.writer(slots=...) needs a cache that holds past "
                                  "tokens: the first call allocates the buffers")
             stored = self.cache.buffers[slot]
-            self.cache.buffers[slot] = _with_room(stored, stored, self.end, keep=self.start)
+            self.cache.buffers[slot] = with_room(stored, stored, self.end, keep=self.start)
         self.reserved = True
 
     def _prepare(self, key: SlotKey) -> SlotKey:
@@ -263,7 +243,7 @@ class CacheWriter:
                     f"the KV cache has no entry for layer {tuple(slot)} although it holds "
                     f"{past} past tokens: decode with the same num_steps that filled the cache, "
                     "or use KVCache(mode='latest') for adaptive depth")
-            cache.buffers[slot] = _write(None, cache.entries(source, past), 0)
+            cache.buffers[slot] = write_entries(None, cache.entries(source, past), 0)
         elif length is not None and length != past:
             raise ValueError(
                 f"the KV cache entry for layer {tuple(slot)} is stale (it was skipped by a call "

@@ -10,7 +10,8 @@ import torch
 from .rope import RotaryEmbedding
 
 if TYPE_CHECKING:
-    from .cache import CacheWriter, SlotView
+    from .cache import CacheWriter
+    from .slots import SlotView
 
 
 @dataclass
@@ -29,6 +30,9 @@ class AttentionContext:
     # that one compiled step serves every step; None outside the core.
     step: torch.Tensor | None = None
     moe_losses: list | None = None  # MoE auxiliary losses of this call (moe_balance="aux-loss")
+    # (indices, batch size of the call) when this context covers only some batch rows (rows
+    # whose tokens have all exited are left out of later steps: select_rows).
+    rows: tuple[torch.Tensor, int] | None = None
 
     def at(self, region: str, step: int, layers: int,
            row: torch.Tensor | None = None) -> "AttentionContext":
@@ -38,7 +42,22 @@ class AttentionContext:
         if self.writer is None and row is None:
             return self
         view = None if self.writer is None else self.writer.view(region, step, layers)
+        if view is not None and self.rows is not None:
+            view = view.select_rows(*self.rows)
         return replace(self, cache=view, step=row)
+
+    def select_rows(self, rows: torch.Tensor) -> "AttentionContext":
+        """The context of batch rows `rows` (indices) alone. Rows never attend to each other,
+        so a step over these rows computes exactly what it would in the whole batch; cache
+        entries are written for these rows only."""
+        if self.rows is not None:
+            raise ValueError("select_rows applies to a whole batch's context once")
+        pick = lambda t: None if t is None else t[rows]
+        return replace(self, cos=pick(self.cos), sin=pick(self.sin), mask=pick(self.mask),
+                       positions=self.positions[rows], token_mask=self.token_mask[rows],
+                       cache=None if self.cache is None else
+                       self.cache.select_rows(rows, self.token_mask.shape[0]),
+                       rows=(rows, self.token_mask.shape[0]))
 
 
 def make_context(rope: RotaryEmbedding | None, causal: bool, batch: int, length: int,

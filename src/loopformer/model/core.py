@@ -70,18 +70,38 @@ class RecurrentCore(nn.Module):
         grad = torch.is_grad_enabled()
         steps_run = 0
         rows = step_rows(self.cfg, depth.total, e.device)
+        # In inference, batch rows whose tokens have all stopped leave the loop: `live` holds
+        # the rows still computed (None: all), `row_steps` the steps each row ran.
+        live = row_steps = None
         for t in range(depth.total):
+            step_ctx = ctx.at("core", t, len(self.blocks), rows[t])
             with torch.set_grad_enabled(grad and t >= depth.no_grad):
-                s_next = self(s, injected, self.step_embedding(t, s),
-                              ctx.at("core", t, len(self.blocks), rows[t]))
-                if frozen is not None:  # stopped tokens keep their state
-                    s_next = torch.where(frozen[..., None], s_next, s)
+                if live is None:
+                    s_next = self(s, injected, self.step_embedding(t, s), step_ctx)
+                    if frozen is not None:  # stopped tokens keep their state
+                        s_next = torch.where(frozen[..., None], s_next, s)
+                else:
+                    s_live = s[live]
+                    s_step = self(s_live, injected[live], self.step_embedding(t, s),
+                                  step_ctx.select_rows(live))
+                    s_next = s.index_copy(0, live, torch.where(frozen[live][..., None],
+                                                               s_step, s_live))
             s, steps_run = s_next, t + 1
+            if row_steps is not None:
+                row_steps[live] += 1
             if not observers:
                 continue
             running, frozen = _masks(observers, [obs.observe(t, s) for obs in observers])
             if not grad and running is not None and not running.any():
                 break
+            if not grad and frozen is not None:
+                changing = frozen.any(-1)  # rows with a token whose state may still change
+                if not changing.all():
+                    if row_steps is None:
+                        row_steps = torch.full_like(changing, t + 1, dtype=torch.long)
+                    live = changing.nonzero().squeeze(1)
+        if row_steps is not None and ctx.writer is not None:
+            ctx.writer.row_steps = row_steps
         out = CoreOutput(state=s, steps=steps_run,
                          token_steps=torch.full_like(ctx.token_mask, steps_run, dtype=torch.long))
         for obs in observers:

@@ -31,7 +31,10 @@ DEFAULT_THRESHOLDS = {"kl": 5e-4, "entropy-diff": 1e-3, "latent-diff": 0.03, "co
 LATENT_CRITERIA = ("latent-diff", "cosine")
 DEFAULT_EXIT_ENTROPY = 0.1
 
-Probe = Callable[[torch.Tensor], torch.Tensor]  # a core state -> the readout's logits
+# (core states of some batch rows, their indices or None for all, the (rows, T) mask of their
+# running tokens) -> the readout's logits: per row (rows, classes), or with a per-token probe
+# (a language model's head) only for the running tokens, (running tokens, vocab).
+Probe = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -56,30 +59,38 @@ class ExitRule:
     def needs_logits(self) -> bool:
         return self.criterion not in LATENT_CRITERIA
 
-    def observer(self, cfg: ModelConfig, token_mask: torch.Tensor,
-                 probe: Probe) -> "ExitObserver":
+    def observer(self, cfg: ModelConfig, token_mask: torch.Tensor, probe: Probe,
+                 per_token: bool = False) -> "ExitObserver":
         """The observer that applies this rule in a model built from `cfg`; `probe` is used
-        only by the criteria that judge the readout's distribution."""
+        only by the criteria that judge the readout's distribution; `per_token`: the probe
+        reads out each running token (else each batch row)."""
         if cfg.halting != "none":
             raise ValueError("exit_criterion and learned halting (halting='act') exclude each "
                              "other: ACT already decides when each token stops")
-        return ExitObserver(self, token_mask, probe if self.needs_logits else None)
+        return ExitObserver(self, token_mask, probe if self.needs_logits else None, per_token)
 
 
 class ExitObserver(StepObserver):
-    """Keeps what a criterion needs from the previous step and stops converged tokens."""
+    """Keeps what a criterion needs from the previous step and stops converged tokens.
+
+    Only what still runs is judged: the running tokens (latent criteria, per-token probes) or
+    the batch rows that still have one (per-row probes). Tokens only ever stop, so whatever is
+    judged at step t was recorded at step t - 1."""
 
     freezes_stopped = True
 
-    def __init__(self, rule: ExitRule, token_mask: torch.Tensor, probe: Probe | None):
+    def __init__(self, rule: ExitRule, token_mask: torch.Tensor, probe: Probe | None,
+                 per_token: bool = False):
         if rule.needs_logits and probe is None:
             raise ValueError(f"exit_criterion={rule.criterion!r} needs the readout's "
                              "distribution, which this model does not provide; use "
                              "'latent-diff' or 'cosine'")
         self.rule, self.probe = rule, probe
+        self.by_token = per_token or not rule.needs_logits
         self.active = token_mask.clone()  # padding never runs
         self.token_steps = torch.zeros_like(token_mask, dtype=torch.long)
-        self.prev_state = self.prev_logp = self.prev_argmax = self.prev_entropy = None
+        self.judged = None  # the (B, T) tokens or (B,) rows that the last records cover
+        self.prev_state = self.prev_p = self.prev_neg_entropy = self.prev_argmax = None
         self.stable = None  # steps for which the argmax has not changed
 
     def start(self, state, depth):
@@ -87,7 +98,10 @@ class ExitObserver(StepObserver):
 
     def observe(self, step, state):
         self.token_steps += self.active.long()
-        done = self.converged(state)
+        rows = self.active.any(-1)
+        if not rows.any():  # all stopped (with autograd the loop goes on)
+            return self.active
+        done = self.converged(state, None if rows.all() else rows.nonzero().squeeze(1), step)
         if done is not None and step + 1 >= self.rule.min_steps:
             self.active &= ~(done if done.dim() == 2 else done[:, None])
         return self.active
@@ -96,35 +110,58 @@ class ExitObserver(StepObserver):
         out.token_steps = self.token_steps
 
     @torch.no_grad()
-    def converged(self, state: torch.Tensor) -> torch.Tensor | None:
-        """Record step t's state; return (B, T) or (B,) bool, or None at the first step."""
-        rule, s = self.rule, state.float()
+    def converged(self, state: torch.Tensor, rows: torch.Tensor | None,
+                  step: int) -> torch.Tensor | None:
+        """Record step t for what still runs (`rows`: the batch rows with a running token,
+        None: all); return (B, T) or (B,) bool, False for what was not judged, or None at the
+        first step. The records hold only what was judged, in order."""
+        rule = self.rule
+        # What is judged: the running tokens, or the rows that still have one.
+        judged = self.active.clone() if self.by_token else self.active.any(-1)
+        kept = None if self.judged is None else judged[self.judged]  # within the last record
+        prev = lambda record: record if kept is None or bool(kept.all()) else record[kept]
+        self.judged = judged
         done = None
         if rule.needs_logits:
-            logp = torch.log_softmax(self.probe(state).float(), dim=-1)
-            entropy = -(logp.exp() * logp).sum(-1)
-            if self.prev_logp is not None:
-                kl = (self.prev_logp.exp() * (self.prev_logp - logp)).sum(-1)
-                if rule.criterion == "kl":
-                    done = kl < rule.threshold
-                elif rule.criterion == "kl-entropy":
-                    done = (kl < rule.threshold) & (entropy < rule.exit_entropy)
-                elif rule.criterion == "entropy-diff":
-                    done = (entropy - self.prev_entropy).abs() < rule.threshold
-            argmax = logp.argmax(-1)
+            part = state if rows is None else state[rows]
+            running = self.active if rows is None else self.active[rows]
+            logp = torch.log_softmax(self.probe(part, rows, running).float(), dim=-1)
+            p = logp.exp()
+            neg_entropy = _dot(p, logp)
+            if step > 0 and rule.criterion in ("kl", "kl-entropy"):
+                # KL(p_{t-1} || p_t) = sum p_{t-1} log p_{t-1} - sum p_{t-1} log p_t: two dot
+                # products instead of a pass over every difference.
+                kl = (prev(self.prev_neg_entropy) - _dot(prev(self.prev_p), logp)).clamp_min(0)
+                done = kl < rule.threshold
+                if rule.criterion == "kl-entropy":
+                    done &= -neg_entropy < rule.exit_entropy
+            elif step > 0 and rule.criterion == "entropy-diff":
+                done = (prev(self.prev_neg_entropy) - neg_entropy).abs() < rule.threshold
             if rule.criterion == "argmax-stability":
-                if self.prev_argmax is None:
-                    self.stable = torch.zeros_like(argmax)
-                else:
-                    self.stable = torch.where(argmax == self.prev_argmax, self.stable + 1, 0)
-                    done = self.stable >= rule.threshold
-            self.prev_logp, self.prev_entropy, self.prev_argmax = logp, entropy, argmax
+                argmax = logp.argmax(-1)
+                self.stable = torch.zeros_like(argmax) if step == 0 else torch.where(
+                    argmax == prev(self.prev_argmax), prev(self.stable) + 1, 0)
+                done = None if step == 0 else self.stable >= rule.threshold
+                self.prev_argmax = argmax
+            self.prev_p, self.prev_neg_entropy = p, neg_entropy
         else:
-            if self.prev_state is not None and rule.criterion == "latent-diff":
-                change = (s - self.prev_state).norm(dim=-1) / s.norm(dim=-1).clamp_min(1e-12)
-                done = change < rule.threshold
-            elif self.prev_state is not None:
-                cosine = torch.nn.functional.cosine_similarity(s, self.prev_state, dim=-1)
-                done = (1 - cosine) < rule.threshold
+            s = state[judged].float()
+            if step > 0:
+                before = prev(self.prev_state)
+                if rule.criterion == "latent-diff":
+                    done = (s - before).norm(dim=-1) / s.norm(dim=-1).clamp_min(1e-12) < \
+                        rule.threshold
+                else:
+                    done = 1 - torch.nn.functional.cosine_similarity(s, before, dim=-1) < \
+                        rule.threshold
             self.prev_state = s
-        return done
+        if done is None:
+            return None
+        if not self.by_token and rows is None:
+            return done
+        return torch.zeros_like(judged).index_put((judged,), done)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim of a * b in one batched matmul."""
+    return (a.unsqueeze(-2) @ b.unsqueeze(-1))[..., 0, 0]

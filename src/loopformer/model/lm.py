@@ -195,8 +195,12 @@ class LoopLM(nn.Module):
         else:
             observers = list(observers)
             if exit_rule is not None:
-                probe = lambda state: self.head(self.backbone.decode(state, ctx))
-                observers.append(exit_rule.observer(self.cfg, ctx.token_mask, probe))
+                # The coda attends over every token of the row; the head reads the running
+                # tokens only.
+                probe = lambda state, rows, running: self.head(self.backbone.decode(
+                    state, ctx if rows is None else ctx.select_rows(rows))[running])
+                observers.append(exit_rule.observer(self.cfg, ctx.token_mask, probe,
+                                                    per_token=True))
             features, core_out = self.backbone(self.embed(input_ids.long()), ctx, depth,
                                                observers=observers, generator=generator,
                                                initial_state=initial_state)

@@ -56,7 +56,8 @@ class TaskModel(nn.Module, ABC):
         x, ctx = self.embed_inputs(batch)
         observers = list(observers)
         if exit_rule is not None:
-            probe = lambda state: self.readout(self.backbone.decode(state, ctx), batch)
+            probe = lambda state, rows, running: self.readout(*_rows_of(
+                self.backbone.decode, state, ctx, batch, rows))
             observers.append(exit_rule.observer(self.backbone.cfg, ctx.token_mask, probe))
         features, core_out = self.backbone(x, ctx, Depth.of(num_steps), all_steps=all_steps,
                                            observers=observers, generator=generator)
@@ -71,6 +72,17 @@ class TaskModel(nn.Module, ABC):
     def num_parameters(self, active: bool = False) -> int:
         """All parameters, or with `active` those one token uses (MoE: k of n experts)."""
         return count_parameters(self, active)
+
+
+def _rows_of(decode, state: torch.Tensor, ctx: AttentionContext, batch: dict,
+             rows: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    """Coda features of the batch rows `rows` (None: all) and those rows of the batch."""
+    if rows is None:
+        return decode(state, ctx), batch
+    size = ctx.token_mask.shape[0]
+    part = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == size
+            else v for k, v in batch.items()}
+    return decode(state, ctx.select_rows(rows)), part
 
 
 class GraphReasoner(TaskModel):

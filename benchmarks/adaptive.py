@@ -1,0 +1,117 @@
+"""Wall time of adaptive depth (a per-token exit criterion) against the fixed depth that
+reaches the same accuracy, on a trained text run: prefill and token-by-token decoding, at
+batch 1 and 16.
+
+Accuracy is next-token top-1 accuracy on validation windows. The matched fixed depth is the
+smallest step count whose accuracy is at least the adaptive one's. Decoding is teacher-forced
+(each call feeds the true next token with the KV cache: exact at the fixed depth, the latest
+fallback under exits), so that both settings decode the same tokens and their accuracy is
+measured on them.
+
+    python -m benchmarks.adaptive runs/text-quick --threshold 5e-4 1e-2
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from loopformer import KVCache
+from loopformer.training.run import load_text_run
+from loopformer.training.sources import TokenSource
+
+from .common import measure, print_table
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+@torch.no_grad()
+def prefill(lm, ids: torch.Tensor, steps: int, exits: dict) -> tuple[torch.Tensor, float]:
+    out = lm(ids, steps, generator=torch.Generator().manual_seed(0), **exits)
+    return out.logits, float(out.steps.float().mean())
+
+
+@torch.no_grad()
+def decode(lm, ids: torch.Tensor, prompt: int, steps: int,
+           exits: dict) -> tuple[torch.Tensor, float]:
+    """Logits for positions prompt-1 .. end-1, fed one token per call after the prompt."""
+    cache = KVCache(mode="latest" if exits else "exact")
+    generator = torch.Generator().manual_seed(0)
+    out = lm(ids[:, :prompt], steps, past_key_values=cache, use_cache=True,
+             generator=generator, **exits)
+    logits, spent = [out.logits[:, -1]], []
+    for t in range(prompt, ids.shape[1]):
+        out = lm(ids[:, t:t + 1], steps, past_key_values=cache, use_cache=True,
+                 generator=generator, **exits)
+        logits.append(out.logits[:, -1])
+        spent.append(out.steps.float().mean())
+    return torch.stack(logits, 1), float(torch.stack(spent).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--criterion", default="kl")
+    parser.add_argument("--threshold", type=float, nargs="+", default=[None],
+                        help="exit thresholds to measure (default: the criterion's)")
+    parser.add_argument("--max-steps", type=int, default=16)
+    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, _, model_cfg, train_cfg = load_text_run(args.run)
+    lm = model.lm
+    source = TokenSource(train_cfg, model_cfg, args.run)
+    source.open(args.run)
+    windows = source.val.sequences(range(min(len(source.val), max(args.windows, *args.batch))))
+    ids, labels = windows[:, :-1], windows[:, 1:]
+    print(f"{args.run}: {len(ids)} validation windows of {ids.shape[1]} tokens; "
+          f"{torch.get_num_threads()} threads")
+
+    by_depth = {t: accuracy(prefill(lm, ids, t, {})[0], labels)
+                for t in range(1, args.max_steps + 1)}
+    print("fixed depth accuracy: " + ", ".join(f"{t}: {a:.4f}" for t, a in by_depth.items()))
+    rows = []
+    for threshold in args.threshold:
+        exits = dict(exit_criterion=args.criterion, exit_threshold=threshold)
+        logits, steps = prefill(lm, ids, args.max_steps, exits)
+        acc = accuracy(logits, labels)
+        matched = min((t for t, a in by_depth.items() if a >= acc), default=args.max_steps)
+        print(f"{args.criterion} < {threshold}: accuracy {acc:.4f} at {steps:.2f} steps/token; "
+              f"fixed depth of equal accuracy: {matched}", flush=True)
+        for batch in args.batch:
+            part, part_labels = ids[:batch], labels[:batch]
+            settings = [(f"fixed {matched}", matched, {}),
+                        (f"{args.criterion} < {threshold}", args.max_steps, exits)]
+            for mode in ("prefill", "decode"):
+                times = {}
+                for name, depth, options in settings:
+                    if mode == "prefill":
+                        run = lambda: prefill(lm, part, depth, options)
+                        tokens, target = part.numel(), part_labels
+                    else:
+                        run = lambda: decode(lm, part, args.prompt, depth, options)
+                        tokens = batch * (part.shape[1] - args.prompt)
+                        target = part_labels[:, args.prompt - 1:]
+                    logits, spent = run()
+                    timing = measure(run, repeats=args.repeats, warmup=0)
+                    times[name] = timing["median_s"]
+                    rows.append({"mode": mode, "batch": batch, "depth": name,
+                                 "accuracy": accuracy(logits, target), "steps/token": spent,
+                                 "tok/s": tokens / timing["median_s"],
+                                 "speedup": times[settings[0][0]] / timing["median_s"]})
+                    print(f"  {mode} batch {batch} {name}: {tokens / timing['median_s']:.0f} "
+                          f"tok/s", flush=True)
+    print_table(rows, ["mode", "batch", "depth", "accuracy", "steps/token", "tok/s", "speedup"])
+
+
+if __name__ == "__main__":
+    main()
