@@ -47,3 +47,21 @@ def test_variant_rows_compare_cache_sizes_and_active_parameters():
     assert moe["active params"] - dense["params"] == 3 * 8 * 64
     assert wide["active params"] - dense["params"] == 3 * 16 * 64
     assert all(r["train MFLOP/token"] > 0 and r["train tok/s"] > 0 for r in (dense, moe, wide))
+
+
+def test_adaptive_benchmark_decodes_what_the_full_forward_predicts():
+    """Teacher-forced cached decoding at a fixed depth reads the same logits as one forward
+    pass; under an exit criterion it reports fewer steps than its maximum."""
+    import torch
+
+    from benchmarks.adaptive import decode, prefill
+
+    model = tiny_model(injection="gated", state_init="embed")
+    ids = torch.randint(0, 64, (2, 12))
+    full, steps = prefill(model, ids, 4, {})
+    decoded, decode_steps = decode(model, ids, 5, 4, {})
+    assert steps == decode_steps == 4.0
+    torch.testing.assert_close(decoded, full[:, 4:], rtol=0, atol=1e-4)
+    exits = dict(exit_criterion="latent-diff", exit_threshold=0.3)
+    _, adaptive_steps = decode(model, ids, 5, 24, exits)
+    assert 1 <= adaptive_steps < 24

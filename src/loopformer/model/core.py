@@ -92,14 +92,21 @@ class RecurrentCore(nn.Module):
             if not observers:
                 continue
             running, frozen = _masks(observers, [obs.observe(t, s) for obs in observers])
-            if not grad and running is not None and not running.any():
+            if grad or running is None:
+                continue
+            if frozen is None:
+                if not running.any():
+                    break
+                continue
+            changing = frozen.any(-1)  # rows with a token whose state may still change
+            live_rows = int(changing.sum())  # one host sync per step
+            # Running tokens are never frozen, so no changing row means none runs.
+            if live_rows == 0 or (running is not frozen and not running.any()):
                 break
-            if not grad and frozen is not None:
-                changing = frozen.any(-1)  # rows with a token whose state may still change
-                if not changing.all():
-                    if row_steps is None:
-                        row_steps = torch.full_like(changing, t + 1, dtype=torch.long)
-                    live = changing.nonzero().squeeze(1)
+            if live_rows < len(changing):
+                if row_steps is None:
+                    row_steps = torch.full_like(changing, t + 1, dtype=torch.long)
+                live = changing.nonzero().squeeze(1)
         if row_steps is not None and ctx.writer is not None:
             ctx.writer.row_steps = row_steps
         out = CoreOutput(state=s, steps=steps_run,

@@ -89,7 +89,8 @@ class ExitObserver(StepObserver):
         self.by_token = per_token or not rule.needs_logits
         self.active = token_mask.clone()  # padding never runs
         self.token_steps = torch.zeros_like(token_mask, dtype=torch.long)
-        self.judged = None  # the (B, T) tokens or (B,) rows that the last records cover
+        self.judged = None  # the (B, T) tokens or (B,) rows the records cover; None: all
+        self.count = -1  # how many the records cover
         self.prev_state = self.prev_p = self.prev_neg_entropy = self.prev_argmax = None
         self.stable = None  # steps for which the argmax has not changed
 
@@ -98,10 +99,21 @@ class ExitObserver(StepObserver):
 
     def observe(self, step, state):
         self.token_steps += self.active.long()
-        rows = self.active.any(-1)
-        if not rows.any():  # all stopped (with autograd the loop goes on)
+        running = int(self.active.sum())  # one host sync per step
+        if running == 0:  # all stopped (with autograd the loop goes on)
             return self.active
-        done = self.converged(state, None if rows.all() else rows.nonzero().squeeze(1), step)
+        rows = judged = None  # None: every row / everything is judged
+        if running < self.active.numel():
+            row_mask = self.active.any(-1)
+            rows = row_mask.nonzero().squeeze(1)
+            if len(rows) == len(row_mask):
+                rows = None
+            if self.by_token:
+                judged = self.active.clone()
+            elif rows is not None:
+                judged = row_mask
+        count = running if self.by_token else (len(self.active) if rows is None else len(rows))
+        done = self.converged(state, rows, judged, count, step)
         if done is not None and step + 1 >= self.rule.min_steps:
             self.active &= ~(done if done.dim() == 2 else done[:, None])
         return self.active
@@ -111,20 +123,21 @@ class ExitObserver(StepObserver):
 
     @torch.no_grad()
     def converged(self, state: torch.Tensor, rows: torch.Tensor | None,
-                  step: int) -> torch.Tensor | None:
-        """Record step t for what still runs (`rows`: the batch rows with a running token,
-        None: all); return (B, T) or (B,) bool, False for what was not judged, or None at the
-        first step. The records hold only what was judged, in order."""
+                  judged: torch.Tensor | None, count: int, step: int) -> torch.Tensor | None:
+        """Record step t for what is judged: the running tokens ((B, T) mask) or the rows
+        that still have one ((B,) mask), None: all; `rows`: indices of the rows with a running
+        token (None: all); `count`: how many are judged. Return (B, T) or (B,) bool, False
+        for what was not judged, or None at the first step. A record holds only what was
+        judged, in order; what is judged only shrinks, so an unchanged count is the same set."""
         rule = self.rule
-        # What is judged: the running tokens, or the rows that still have one.
-        judged = self.active.clone() if self.by_token else self.active.any(-1)
-        kept = None if self.judged is None else judged[self.judged]  # within the last record
-        prev = lambda record: record if kept is None or bool(kept.all()) else record[kept]
-        self.judged = judged
+        last, before, self.judged, self.count = self.judged, self.count, judged, count
+        prev = lambda record: record if count == before else \
+            record[judged if last is None else judged[last]]
         done = None
         if rule.needs_logits:
             part = state if rows is None else state[rows]
-            running = self.active if rows is None else self.active[rows]
+            running = None if judged is None else self.active if rows is None else \
+                self.active[rows]
             logp = torch.log_softmax(self.probe(part, rows, running).float(), dim=-1)
             p = logp.exp()
             neg_entropy = _dot(p, logp)
@@ -145,7 +158,7 @@ class ExitObserver(StepObserver):
                 self.prev_argmax = argmax
             self.prev_p, self.prev_neg_entropy = p, neg_entropy
         else:
-            s = state[judged].float()
+            s = (state if judged is None else state[judged]).float()
             if step > 0:
                 before = prev(self.prev_state)
                 if rule.criterion == "latent-diff":
@@ -155,9 +168,7 @@ class ExitObserver(StepObserver):
                     done = 1 - torch.nn.functional.cosine_similarity(s, before, dim=-1) < \
                         rule.threshold
             self.prev_state = s
-        if done is None:
-            return None
-        if not self.by_token and rows is None:
+        if done is None or judged is None:
             return done
         return torch.zeros_like(judged).index_put((judged,), done)
 

@@ -196,9 +196,9 @@ class LoopLM(nn.Module):
             observers = list(observers)
             if exit_rule is not None:
                 # The coda attends over every token of the row; the head reads the running
-                # tokens only.
-                probe = lambda state, rows, running: self.head(self.backbone.decode(
-                    state, ctx if rows is None else ctx.select_rows(rows))[running])
+                # tokens only (running None: all of them).
+                probe = lambda state, rows, running: self.head(_select(self.backbone.decode(
+                    state, ctx if rows is None else ctx.select_rows(rows)), running))
                 observers.append(exit_rule.observer(self.cfg, ctx.token_mask, probe,
                                                     per_token=True))
             features, core_out = self.backbone(self.embed(input_ids.long()), ctx, depth,
@@ -249,3 +249,7 @@ class LoopLM(nn.Module):
 
         return generate_speculative(self, input_ids, max_new_tokens, num_steps, draft_steps,
                                     draft_tokens, eos_token_id)
+
+
+def _select(features: torch.Tensor, running: torch.Tensor | None) -> torch.Tensor:
+    return features if running is None else features[running]
