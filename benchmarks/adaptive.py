@@ -19,10 +19,8 @@ from pathlib import Path
 import torch
 
 from loopformer import KVCache
-from loopformer.training.run import load_text_run
-from loopformer.training.sources import TokenSource
 
-from .common import measure, print_table
+from .common import measure, print_table, text_run_windows
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -67,11 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, _, model_cfg, train_cfg = load_text_run(args.run)
+    model, _, windows = text_run_windows(args.run, max(args.windows, *args.batch))
     lm = model.lm
-    source = TokenSource(train_cfg, model_cfg, args.run)
-    source.open(args.run)
-    windows = source.val.sequences(range(min(len(source.val), max(args.windows, *args.batch))))
     ids, labels = windows[:, :-1], windows[:, 1:]
     print(f"{args.run}: {len(ids)} validation windows of {ids.shape[1]} tokens; "
           f"{torch.get_num_threads()} threads")

@@ -20,10 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from loopformer import KVCache
-from loopformer.training.run import load_text_run
-from loopformer.training.sources import TokenSource
 
-from .common import print_table
+from .common import print_table, text_run_windows
 
 POLICIES = ("exact", "compress-s4", "compress-s2", "last-step", "first-step")
 
@@ -56,10 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, _, model_cfg, train_cfg = load_text_run(args.run)
-    source = TokenSource(train_cfg, model_cfg, args.run)
-    source.open(args.run)
-    windows = source.val.sequences(range(min(len(source.val), args.windows)))
+    model, train_cfg, windows = text_run_windows(args.run, args.windows)
     print(f"{args.run}: {len(windows)} validation windows of {windows.shape[1] - 1} tokens, "
           f"decoded one token per call; trained with mean depth {train_cfg.depth_mean}")
     rows = []

@@ -32,3 +32,15 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def text_run_windows(run, count: int):
+    """A trained text run's model, training config and its first `count` validation windows
+    ((count, seq_len + 1) token ids)."""
+    from loopformer.training.run import load_text_run
+    from loopformer.training.sources import TokenSource
+
+    model, _, model_cfg, train_cfg = load_text_run(run)
+    source = TokenSource(train_cfg, model_cfg, run)
+    source.open(run)
+    return model, train_cfg, source.val.sequences(range(min(len(source.val), count)))
