@@ -160,12 +160,12 @@ class ExitObserver(StepObserver):
         else:
             s = (state if judged is None else state[judged]).float()
             if step > 0:
-                before = prev(self.prev_state)
+                earlier = prev(self.prev_state)
                 if rule.criterion == "latent-diff":
-                    done = (s - before).norm(dim=-1) / s.norm(dim=-1).clamp_min(1e-12) < \
+                    done = (s - earlier).norm(dim=-1) / s.norm(dim=-1).clamp_min(1e-12) < \
                         rule.threshold
                 else:
-                    done = 1 - torch.nn.functional.cosine_similarity(s, before, dim=-1) < \
+                    done = 1 - torch.nn.functional.cosine_similarity(s, earlier, dim=-1) < \
                         rule.threshold
             self.prev_state = s
         if done is None or judged is None:
