@@ -50,13 +50,9 @@ class SlotView:
     def update(self, layer: int, entries: Entries) -> Entries:
         """Write this call's entries for block `layer`; return its past + new entries."""
         end = self.start + entries[0].shape[-2]
-        if self.rows is None:
-            stored = write_entries(self.entries[layer], entries, self.start)
-            self.entries[layer] = stored
-            return tuple(buffer[..., :end, :] for buffer in stored)
-        rows, batch = self.rows
+        index, batch = self.rows if self.rows is not None else (slice(None), None)
         stored = with_room(self.entries[layer], entries, end, self.start, batch)
         for buffer, entry in zip(stored, entries):
-            buffer[rows, ..., self.start:end, :] = entry
+            buffer[index, ..., self.start:end, :] = entry
         self.entries[layer] = stored
-        return tuple(buffer[rows, ..., :end, :] for buffer in stored)
+        return tuple(buffer[index, ..., :end, :] for buffer in stored)
