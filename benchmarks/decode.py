@@ -1,162 +1,141 @@
-"""Decoding on a small byte-level language model: exact vs compressed KV cache, recomputing
-the prefix, self-speculative decoding, and decoding with an exit criterion.
+"""Greedy cached decoding against the compute floor: eager and compiled tokens/s, prefill
+tokens/s and cache memory at batch 1 and 16, short and 1,024-token contexts.
 
-The model is trained first (a few minutes on a CPU) on a local text corpus, by default the
-Python standard library's own source files, so nothing is downloaded:
+    python -m benchmarks.decode                       # about 4 minutes on 2 CPU cores
+    python -m benchmarks.decode --huginn DIR          # Huginn's own code beside it
 
-    python -m benchmarks.decode --train-updates 500 --out runs/lm-bytes
+The model is issue 17's tiny config (random weights: speed does not depend on training).
+`model.generate(...)` is timed as a user calls it, eagerly and with `compile=True`, in turns
+(eager, compiled, eager, ...) so that the machine's drift hits both alike. The compute floor is
+the FLOPs of one decoded token (torch's FlopCounterMode, at the middle of the generated span)
+divided by the fp32 matmul peak sampled beside the run: what a token would cost if every FLOP
+ran at the speed of one large matmul.
+
+`--huginn DIR`: a folder holding Huginn's modeling files `raven_modeling_minimal.py` and
+`raven_config_minimal.py` (from the model repository tomg-group-umd/huginn-0125 or GitHub
+seal-rg/recurrent-pretraining; nothing is downloaded here). The same shape is built with its
+classes and timed through transformers' `generate` with its own cache, in the same turns.
 """
 
 from __future__ import annotations
 
 import argparse
-import sysconfig
+import copy
+import statistics
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from loopformer import KVCache, LoopLM, ModelConfig
-from loopformer.files import write_json_atomic
-from loopformer.training.checkpoint import load_weights, save_checkpoint
+from loopformer.flops import count_flops
 
-from .common import measure, print_table
+from .common import print_table
+from .suite import MatmulPeak
 
-MODEL = ModelConfig(vocab_size=256, d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384,
-                    n_prelude=1, n_core=2, n_coda=1, injection="concat", norm="sandwich",
-                    max_seq_len=512, mean_steps=8)
-
-
-def load_corpus(path: Path, limit: int = 4_000_000) -> np.ndarray:
-    files = sorted(path.glob("*.py")) if path.is_dir() else [path]
-    if not files:
-        raise SystemExit(f"no text found at {path}")
-    data = b"".join(f.read_bytes() for f in files)[:limit]
-    return np.frombuffer(data, dtype=np.uint8)
+# Issue 17's config: d 256, 8 heads, 1 prelude / 1 core / 1 coda block, sandwich norm,
+# SwiGLU 704, 8 thinking steps, vocab 512 (2.67M parameters).
+CONFIG = ModelConfig(vocab_size=512, d_model=256, n_heads=8, ffn_hidden=704, n_prelude=1,
+                     n_core=1, n_coda=1, norm="sandwich", injection="concat", mean_steps=8,
+                     max_seq_len=1280)
+CASES = ((1, 32), (16, 32), (1, 1024), (16, 1024))  # (batch, prompt tokens)
 
 
-def train(model: LoopLM, data: np.ndarray, updates: int, seq: int = 128, batch: int = 8,
-          seed: int = 0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    train_part = data[: int(0.95 * len(data))]
-    losses = []
-    model.train()
-    for step in range(updates):
-        for group in optimizer.param_groups:  # warmup, then cosine
-            group["lr"] = 2e-3 * min(1, (step + 1) / 50) * 0.5 * (
-                1 + np.cos(np.pi * step / updates))
-        starts = rng.integers(0, len(train_part) - seq - 1, batch)
-        ids = torch.tensor(np.stack([train_part[s:s + seq] for s in starts]), dtype=torch.long)
-        depth = int(rng.integers(2, 13))  # U{2..12}: usable at shallow and deep settings
-        loss = model(ids, depth, labels=ids).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == updates - 1:
-            print(f"  update {step:4d}: loss {loss.item():.3f} nats/byte at {depth} steps")
-    model.eval()
-    return losses
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def flops_per_token(model: LoopLM, prompt: torch.Tensor, new: int, steps: int) -> float:
+    """FLOPs of decoding one token per row after prompt + new/2 cached tokens, per token."""
+    batch = prompt.shape[0]
+    context = torch.cat((prompt, prompt[:, :1].expand(batch, new // 2)), dim=1)
+    with torch.no_grad():
+        cache = model(context, steps, use_cache=True).past_key_values
+        flops = count_flops(lambda: model(prompt[:, :1], steps, past_key_values=cache))
+    return flops["total"] / batch
+
+
+def run_case(models: dict, batch: int, prompt_len: int, new: int, steps: int,
+             repeats: int, peak: MatmulPeak) -> dict:
+    generator = torch.Generator().manual_seed(batch * 10_000 + prompt_len)
+    prompt = torch.randint(0, CONFIG.vocab_size, (batch, prompt_len), generator=generator)
+    eager = models["eager"]
+    calls = {
+        "eager": lambda: eager.generate(prompt, new, steps),
+        "compiled": lambda: models["compiled"].generate(prompt, new, steps, compile=True),
+    }
+    if "huginn" in models:
+        calls["huginn"] = lambda: models["huginn"](prompt, new, steps)
+    reference = eager.generate(prompt, new, steps)
+    row = {"batch": batch, "context": f"{prompt_len}+{new}"}
+    compile_s = timed(calls["compiled"])  # the first compiled call compiles this shape
+    row["same tokens"] = "yes" if torch.equal(models["compiled"].generate(
+        prompt, new, steps, compile=True), reference) else "NO"
+    times = {name: [] for name in calls}
+    for name, call in calls.items():  # warm-up (Huginn's first call)
+        call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            times[name].append(timed(call))
+    for name, samples in times.items():
+        row[f"{name} tok/s"] = batch * new / statistics.median(samples)
+    row["compile s"] = compile_s
+    with torch.no_grad():
+        for name in ("eager", "compiled"):
+            prefill = lambda: models[name](prompt, steps, use_cache=True)
+            prefill()
+            row[f"prefill {name} tok/s"] = batch * prompt_len / statistics.median(
+                timed(prefill) for _ in range(repeats))
+    cache = KVCache()
+    eager.generate(prompt, new, steps, cache=cache)
+    row["cache MB"] = cache.nbytes() / 2**20
+    peak.rate()
+    row["MFLOP/token"] = flops_per_token(eager, prompt, new, steps) / 1e6
+    floor = peak.rate() / (row["MFLOP/token"] * 1e6)
+    row["floor tok/s"] = floor
+    row["compiled / floor"] = row["compiled tok/s"] / floor
+    if "huginn" in models:
+        row["compiled / huginn"] = row["compiled tok/s"] / row["huginn tok/s"]
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=Path(sysconfig.get_paths()["stdlib"]))
-    parser.add_argument("--out", type=Path, default=Path("runs/lm-bytes"))
-    parser.add_argument("--train-updates", type=int, default=500)
-    parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--num-steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=CONFIG.mean_steps)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cases", default=",".join(f"{b}x{p}" for b, p in CASES),
+                        help="BATCHxPROMPT,... (default: %(default)s)")
+    parser.add_argument("--huginn", default=None, metavar="DIR",
+                        help="folder with raven_modeling_minimal.py and raven_config_minimal.py")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    data = load_corpus(args.corpus)
-    model = LoopLM(MODEL)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if (args.out / "latest").exists():
-        load_weights(args.out, model)
-        print(f"loaded the trained model from {args.out}")
-    else:
-        print(f"training a {model.num_parameters():,}-parameter byte LM on {len(data):,} bytes "
-              f"of {args.corpus} for {args.train_updates} updates")
-        start = time.perf_counter()
-        train(model, data, args.train_updates)
-        print(f"  trained in {time.perf_counter() - start:.0f}s")
-        save_checkpoint(args.out, args.train_updates, model.state_dict(),
-                        {"update": args.train_updates})
-    model.eval()
+    eager = LoopLM(CONFIG).eval()
+    models = {"eager": eager, "compiled": copy.deepcopy(eager)}
+    if args.huginn:
+        from .huginn import huginn_generate
 
-    held_out = data[int(0.95 * len(data)):]
-    prompt = torch.tensor(held_out[:args.prompt_tokens][None].copy(), dtype=torch.long)
-    n, r = args.new_tokens, args.num_steps
-    with torch.no_grad():
-        ids = torch.tensor(held_out[:1025][None].copy(), dtype=torch.long)[:, :512]
-        bits = {s: float(model(ids, s, labels=ids).loss) / np.log(2) for s in (1, 2, 4, 8, 16)}
-    print("held-out bits/byte by core steps: " +
-          ", ".join(f"{s}: {b:.3f}" for s, b in bits.items()))
-
+        models["huginn"] = huginn_generate(args.huginn, eager)
+    peak = MatmulPeak()
     rows = []
-    reference = model.generate(prompt, n, r)
-
-    def add(name, fn, tokens, extra=None):
-        timing = measure(fn, repeats=args.repeats)
-        rows.append({"method": name, "tokens/s": tokens / timing["median_s"],
-                     "spread": f"{tokens / timing['max_s']:.1f}-{tokens / timing['min_s']:.1f}",
-                     **(extra or {})})
-
-    add("exact cache", lambda: model.generate(prompt, n, r), n,
-        {"cache MB": _cache_mb(model, prompt, n, r, None)})
-    for slots in (4, 1):
-        out = model.generate(prompt, n, r, cache=KVCache(core_slots=slots))
-        agree = float((out[0, -n:] == reference[0, -n:]).float().mean())
-        add(f"compressed cache, {slots} core slots",
-            lambda: model.generate(prompt, n, r, cache=KVCache(core_slots=slots)), n,
-            {"cache MB": _cache_mb(model, prompt, n, r, slots), "same tokens": agree})
-    short = 32
-    add(f"no cache (recompute prefix), {short} tokens", lambda: _recompute(model, prompt, short, r),
-        short)
-    for draft_steps, draft_tokens in ((2, 4), (4, 4), (4, 8)):
-        out, stats = model.generate_speculative(prompt, n, r, draft_steps, draft_tokens)
-        add(f"self-speculative draft {draft_steps} steps x {draft_tokens}",
-            lambda: model.generate_speculative(prompt, n, r, draft_steps, draft_tokens), n,
-            {"acceptance": stats["acceptance_rate"],
-             "same tokens": float(torch.equal(out, reference))})
-    for criterion, threshold in (("kl", 5e-4), ("kl-entropy", 5e-4)):
-        out = model(torch.cat((prompt, reference[:, -n:]), 1), r, exit_criterion=criterion,
-                    exit_threshold=threshold, exit_entropy=1.0)
-        add(f"exit {criterion} < {threshold:g} (max {r})",
-            lambda: model.generate(prompt, n, r, exit_criterion=criterion,
-                                   exit_threshold=threshold), n,
-            {"mean steps": float(out.steps.float().mean())})
-    exact_speed = rows[0]["tokens/s"]
-    for row in rows:
-        row["speed-up"] = row["tokens/s"] / exact_speed
-    print(f"\ngreedy decoding of {n} tokens after a {args.prompt_tokens}-token prompt at "
-          f"{r} core steps ({args.repeats} repeats, median; spread = slowest-fastest)")
-    print_table(rows, ["method", "tokens/s", "spread", "speed-up", "cache MB", "acceptance",
-                       "same tokens", "mean steps"])
-    write_json_atomic(args.out / "decode.json", {"bits_per_byte": bits, "rows": rows,
-                                                 "num_steps": r, "new_tokens": n})
-
-
-def _recompute(model, prompt, n, r):
-    ids = prompt
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.cat((ids, model(ids, r).logits[:, -1:].argmax(-1)), dim=1)
-    return ids
-
-
-def _cache_mb(model, prompt, n, r, slots) -> float:
-    cache = KVCache(core_slots=slots)
-    model.generate(prompt, n, r, cache=cache)
-    return cache.nbytes() / 2**20
+    for case in args.cases.split(","):
+        batch, prompt_len = (int(n) for n in case.split("x"))
+        rows.append(run_case(models, batch, prompt_len, args.new_tokens, args.steps,
+                             args.repeats, peak))
+        print(f"  {case}: done", flush=True)
+    print(f"\ngreedy decoding, {eager.num_parameters():,} parameters, {args.steps} thinking "
+          f"steps, {args.new_tokens} new tokens, {torch.get_num_threads()} threads, "
+          f"{args.repeats} repeats (median); fp32 matmul peak "
+          f"{statistics.median(peak.samples) / 1e9:.1f} GFLOP/s (median of the samples)")
+    columns = ["batch", "context", "eager tok/s", "compiled tok/s", "huginn tok/s",
+               "compiled / huginn", "prefill eager tok/s", "prefill compiled tok/s",
+               "cache MB", "MFLOP/token", "floor tok/s", "compiled / floor", "compile s",
+               "same tokens"]
+    print_table(rows, [c for c in columns if any(c in row for row in rows)])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ ALLOWED = {
     "config": {"fields"}, "fields": set(), "files": set(), "flops": set(), "memory": set(),
     "data": {"files"},
     "model": {"config"},
-    "generation": {"model", "config"}, "compile": {"model", "config"},
+    "generation": {"model", "config", "compile"}, "compile": {"model", "config"},
     "tasks": {"model", "config"},
     "evaluation": {"model", "tasks", "config"},
     "analysis": {"model", "tasks", "files"},

@@ -35,4 +35,8 @@ def compile_regions(model: nn.Module, **options) -> nn.Module:
         # The class's method bound to this model, so a second call does not wrap a wrapper.
         cached = types.MethodType(LoopLM.forward_cached, model)
         model.forward_cached = torch.compile(cached, **{"dynamic": True, **options})
+        # One graph per decoded token, every thinking step in it, at fixed shapes.
+        decode = types.MethodType(LoopLM.decode_token, model)
+        model.decode_token = torch.compile(decode, **{"fullgraph": True, "dynamic": False,
+                                                      **options})
     return model

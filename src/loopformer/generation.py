@@ -10,9 +10,11 @@ from typing import Callable
 
 import torch
 
+from .compile import compile_regions
 from .model.cache import KVCache
 from .model.depth import Depth
 from .model.lm import LoopLM
+from .model.static_decoding import StaticDecoder
 
 
 @torch.no_grad()
@@ -23,8 +25,8 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
              generator: torch.Generator | None = None, exit_criterion: str | None = None,
              exit_threshold: float | None = None, min_steps: int = 1,
              warm_start: bool = False, cache: KVCache | None = None,
-             streamer: Callable[[torch.Tensor, torch.Tensor], None] | None = None
-             ) -> torch.Tensor:
+             streamer: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+             compile: bool = False) -> torch.Tensor:
     """Autoregressive decoding with the KV cache; returns prompt + new tokens (B, T + n).
 
     A sequence that has produced `eos_token_id` is continued with `pad_token_id` (default:
@@ -34,6 +36,11 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
     final state instead of init(e). `cache` is an empty KVCache to fill, to choose its mode or
     compression (default: exact, or "latest" with an exit criterion). `streamer(tokens,
     steps)` is called with each new token (B,) and the core steps it took (B,) as it comes.
+
+    At a fixed depth (no exit criterion) every new token is one call at fixed shapes
+    (loopformer.model.static_decoding). `compile=True` compiles the model first
+    (`compile_regions`, once per model): the prompt then runs through compiled regions and
+    each new token through one compiled graph covering every thinking step.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -58,25 +65,44 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
                    exit_threshold=exit_threshold, min_steps=min_steps, use_cache=True)
     tokens = input_ids
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    if compile and not is_compiled(model):
+        compile_regions(model)
     out = model(input_ids, depth, attention_mask=attention_mask, past_key_values=cache,
                 **options)
+    decoder = None
+    if exit_criterion is None and StaticDecoder.applies(model, out.past_key_values, depth):
+        decoder = StaticDecoder(model, out.past_key_values, depth, max_new_tokens)
+    logits, steps, state = out.logits[:, -1], out.steps, out.state[:, -1:]
     for _ in range(max_new_tokens):
-        next_token = pick_next_token(out.logits[:, -1].float(), do_sample, temperature, top_k,
-                                     top_p, generator)
+        next_token = pick_next_token(logits.float(), do_sample, temperature, top_k, top_p,
+                                     generator)
         if eos_token_id is not None:
             next_token = torch.where(finished, torch.full_like(next_token, pad_token_id),
                                      next_token)
             finished |= next_token == eos_token_id
         tokens = torch.cat((tokens, next_token[:, None]), dim=1)
         if streamer is not None:
-            streamer(next_token, out.steps[:, -1] if out.steps is not None else
+            streamer(next_token, steps[:, -1] if steps is not None else
                      torch.full_like(next_token, depth.total))
         if eos_token_id is not None and bool(finished.all()):
             break
-        if tokens.shape[1] < total:
+        if tokens.shape[1] == total:
+            break
+        initial_state = state if warm_start else None
+        if decoder is not None:
+            logits, state = decoder.step(next_token, initial_state, generator)
+        else:
             out = model(next_token[:, None], depth, past_key_values=out.past_key_values,
-                        initial_state=out.state[:, -1:] if warm_start else None, **options)
+                        initial_state=initial_state, **options)
+            logits, steps, state = out.logits[:, -1], out.steps, out.state[:, -1:]
+    if decoder is not None:
+        decoder.finish()
     return tokens
+
+
+def is_compiled(model: LoopLM) -> bool:
+    """Whether compile_regions has compiled this model (its decode_token is an instance's)."""
+    return "decode_token" in vars(model)
 
 
 @torch.no_grad()

@@ -142,6 +142,10 @@ class KVCache:
                     self.buffers[slot] = write_entries(self.buffers[slot],
                                                 tuple(t[..., past:, :] for t in deepest), past)
                     self.lengths[slot] = end
+        self.record(new_mask, new_positions)
+
+    def record(self, new_mask: torch.Tensor, new_positions: torch.Tensor) -> None:
+        """Append new tokens' key mask and positions (B, n) once their entries are written."""
         cat = lambda old, new: new if old is None else torch.cat((old, new), dim=1)
         self.key_mask = cat(self.key_mask, new_mask)
         self.positions = cat(self.positions, new_positions)

@@ -20,6 +20,7 @@ from .depth import Depth
 from .exits import DEFAULT_EXIT_ENTROPY, ExitRule
 from .lora import is_adapter
 from .observers import CoreOutput, StepObserver
+from .static_decoding import DecodeState
 from .weights import count_parameters, init_weights
 
 
@@ -229,6 +230,18 @@ class LoopLM(nn.Module):
         features, core_out = self.backbone(self.embed(input_ids.long()), ctx, depth,
                                            initial_state=initial_state)
         return self.head(features[-1]), core_out.state
+
+    def decode_token(self, tokens: torch.Tensor, state: DecodeState, steps: int,
+                     initial_state: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, vocab) and final state (B, 1, d) of one new token per row (B, 1) after
+        the cache that `state` holds at fixed shapes (loopformer.model.static_decoding): only
+        tensor work, so compile_regions compiles it whole, every thinking step in one graph."""
+        ctx = state.context(self.backbone.rope)
+        features, core_out = self.backbone(self.embed(tokens.long()), ctx, Depth(0, steps),
+                                           initial_state=initial_state)
+        state.advance()
+        return self.head(features[-1][:, -1]), core_out.state
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear(features, self.embed.weight)  # tied to the input embedding
