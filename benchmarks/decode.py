@@ -41,9 +41,20 @@ CASES = ((1, 32), (16, 32), (1, 1024), (16, 1024))  # (batch, prompt tokens)
 
 
 def timed(fn) -> float:
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def compiled_graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def flops_per_token(model: LoopLM, prompt: torch.Tensor, new: int, steps: int) -> float:
@@ -52,15 +63,18 @@ def flops_per_token(model: LoopLM, prompt: torch.Tensor, new: int, steps: int) -
     context = torch.cat((prompt, prompt[:, :1].expand(batch, new // 2)), dim=1)
     with torch.no_grad():
         cache = model(context, steps, use_cache=True).past_key_values
-        flops = count_flops(lambda: model(prompt[:, :1], steps, past_key_values=cache))
+    # Counted with autograd on: torch's module tracker inside FlopCounterMode fails under
+    # no_grad on a model with a learned step table (the forward's FLOPs are the same).
+    flops = count_flops(lambda: model(prompt[:, :1], steps, past_key_values=cache))
     return flops["total"] / batch
 
 
 def run_case(models: dict, batch: int, prompt_len: int, new: int, steps: int,
              repeats: int, peak: MatmulPeak) -> dict:
     generator = torch.Generator().manual_seed(batch * 10_000 + prompt_len)
-    prompt = torch.randint(0, CONFIG.vocab_size, (batch, prompt_len), generator=generator)
     eager = models["eager"]
+    prompt = torch.randint(0, CONFIG.vocab_size, (batch, prompt_len), generator=generator
+                           ).to(eager.embed.weight.device)
     calls = {
         "eager": lambda: eager.generate(prompt, new, steps),
         "compiled": lambda: models["compiled"].generate(prompt, new, steps, compile=True),
@@ -75,9 +89,11 @@ def run_case(models: dict, batch: int, prompt_len: int, new: int, steps: int,
     times = {name: [] for name in calls}
     for name, call in calls.items():  # warm-up (Huginn's first call)
         call()
+    graphs = compiled_graphs()
     for _ in range(repeats):
         for name, call in calls.items():
             times[name].append(timed(call))
+    row["graphs compiled while timed"] = compiled_graphs() - graphs
     for name, samples in times.items():
         row[f"{name} tok/s"] = batch * new / statistics.median(samples)
     row["compile s"] = compile_s
@@ -106,6 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=CONFIG.mean_steps)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--cases", default=",".join(f"{b}x{p}" for b, p in CASES),
                         help="BATCHxPROMPT,... (default: %(default)s)")
     parser.add_argument("--huginn", default=None, metavar="DIR",
@@ -114,13 +131,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    eager = LoopLM(CONFIG).eval()
+    eager = LoopLM(CONFIG).eval().to(args.device)
     models = {"eager": eager, "compiled": copy.deepcopy(eager)}
     if args.huginn:
         from .huginn import huginn_generate
 
         models["huginn"] = huginn_generate(args.huginn, eager)
-    peak = MatmulPeak()
+    peak = MatmulPeak(device=args.device)
     rows = []
     for case in args.cases.split(","):
         batch, prompt_len = (int(n) for n in case.split("x"))
@@ -129,12 +146,12 @@ def main() -> None:
         print(f"  {case}: done", flush=True)
     print(f"\ngreedy decoding, {eager.num_parameters():,} parameters, {args.steps} thinking "
           f"steps, {args.new_tokens} new tokens, {torch.get_num_threads()} threads, "
-          f"{args.repeats} repeats (median); fp32 matmul peak "
+          f"{args.repeats} repeats (median), {args.device}; fp32 matmul peak "
           f"{statistics.median(peak.samples) / 1e9:.1f} GFLOP/s (median of the samples)")
     columns = ["batch", "context", "eager tok/s", "compiled tok/s", "huginn tok/s",
                "compiled / huginn", "prefill eager tok/s", "prefill compiled tok/s",
                "cache MB", "MFLOP/token", "floor tok/s", "compiled / floor", "compile s",
-               "same tokens"]
+               "graphs compiled while timed", "same tokens"]
     print_table(rows, [c for c in columns if any(c in row for row in rows)])
 
 

@@ -65,7 +65,9 @@ def huginn_generate(folder: str | Path, like: LoopLM):
                 param.copy_(torch.randn(param.shape, generator=generator) * cfg.init_std)
 
     def generate(prompt: torch.Tensor, new_tokens: int, steps: int) -> torch.Tensor:
-        return model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        # An explicit mask: transformers would otherwise guess padding from pad_token_id.
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                              max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                               do_sample=False, num_steps=steps, use_cache=True,
                               pad_token_id=0)
 

@@ -43,16 +43,19 @@ class MatmulPeak:
     and the step is compared with the mean of the two.
     """
 
-    def __init__(self, size: int = PEAK_SIZE):
-        self.a, self.b = torch.randn(size, size), torch.randn(size, size)
+    def __init__(self, size: int = PEAK_SIZE, device: str = "cpu"):
+        self.a, self.b = (torch.randn(size, size, device=device) for _ in range(2))
         self.flops = 2 * size**3
         self.samples: list[float] = []
+        self.sync = torch.cuda.synchronize if self.a.is_cuda else lambda: None
         for _ in range(2):  # warm-up
             self.a @ self.b
 
     def rate(self) -> float:
+        self.sync()
         start = time.perf_counter()
         self.a @ self.b
+        self.sync()
         rate = self.flops / (time.perf_counter() - start)
         self.samples.append(rate)
         return rate

@@ -65,3 +65,33 @@ def test_adaptive_benchmark_decodes_what_the_full_forward_predicts():
     exits = dict(exit_criterion="latent-diff", exit_threshold=0.3)
     _, adaptive_steps = decode(model, ids, 5, 24, exits)
     assert 1 <= adaptive_steps < 24
+
+
+def test_decode_table_row_times_eager_and_compiled_generation(monkeypatch):
+    import copy
+
+    import torch
+
+    import benchmarks.decode as decode
+
+    model = tiny_model(max_seq_len=128)
+    monkeypatch.setattr(decode, "CONFIG", model.cfg)
+    compiled = copy.deepcopy(model)
+    compiled.compile_regions(backend="eager")  # generate(compile=True) then compiles no more
+    row = decode.run_case({"eager": model, "compiled": compiled}, batch=2, prompt_len=6,
+                          new=4, steps=3, repeats=1, peak=MatmulPeak(size=64))
+    assert row["same tokens"] == "yes" and row["graphs compiled while timed"] == 0
+    assert row["eager tok/s"] > 0 and row["compiled tok/s"] > 0 and row["cache MB"] > 0
+    assert 0 < row["compiled / floor"] < 1
+    # One decoded token after 8 cached: the matmuls of 1 + 3 + 1 blocks and the head, at least.
+    assert row["MFLOP/token"] * 1e6 > 2 * model.num_parameters() - 2 * model.embed.weight.numel()
+    torch._dynamo.reset()
+
+
+def test_huginn_comparison_names_the_missing_files(tmp_path):
+    import pytest
+
+    from benchmarks.huginn import load_huginn
+
+    with pytest.raises(SystemExit, match="raven_modeling_minimal.py"):
+        load_huginn(tmp_path)
