@@ -3,6 +3,7 @@ tokens/s and cache memory at batch 1 and 16, short and 1,024-token contexts.
 
     python -m benchmarks.decode                       # about 4 minutes on 2 CPU cores
     python -m benchmarks.decode --huginn DIR          # Huginn's own code beside it
+    python -m benchmarks.decode --before /tmp/before/src   # an older tree beside it
 
 The model is issue 17's tiny config (random weights: speed does not depend on training).
 `model.generate(...)` is timed as a user calls it, eagerly and with `compile=True`, in turns
@@ -23,6 +24,7 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -70,7 +72,9 @@ def flops_per_token(model: LoopLM, prompt: torch.Tensor, new: int, steps: int) -
 
 
 def run_case(models: dict, batch: int, prompt_len: int, new: int, steps: int,
-             repeats: int, peak: MatmulPeak) -> dict:
+             repeats: int, peak: MatmulPeak, others: dict | None = None) -> dict:
+    """One row: `models["eager"]` and `models["compiled"]` (LoopLMs) through generate, and
+    each of `others` (name -> generate(prompt, new, steps)), timed in turns."""
     generator = torch.Generator().manual_seed(batch * 10_000 + prompt_len)
     eager = models["eager"]
     prompt = torch.randint(0, CONFIG.vocab_size, (batch, prompt_len), generator=generator
@@ -78,16 +82,14 @@ def run_case(models: dict, batch: int, prompt_len: int, new: int, steps: int,
     calls = {
         "eager": lambda: eager.generate(prompt, new, steps),
         "compiled": lambda: models["compiled"].generate(prompt, new, steps, compile=True),
+        **{name: (lambda fn=fn: fn(prompt, new, steps)) for name, fn in (others or {}).items()},
     }
-    if "huginn" in models:
-        calls["huginn"] = lambda: models["huginn"](prompt, new, steps)
     reference = eager.generate(prompt, new, steps)
     row = {"batch": batch, "context": f"{prompt_len}+{new}"}
     compile_s = timed(calls["compiled"])  # the first compiled call compiles this shape
-    row["same tokens"] = "yes" if torch.equal(models["compiled"].generate(
-        prompt, new, steps, compile=True), reference) else "NO"
+    row["same tokens"] = "yes" if torch.equal(calls["compiled"](), reference) else "NO"
     times = {name: [] for name in calls}
-    for name, call in calls.items():  # warm-up (Huginn's first call)
+    for call in calls.values():  # warm-up (the other decoders' first calls, compilation)
         call()
     graphs = compiled_graphs()
     for _ in range(repeats):
@@ -96,6 +98,8 @@ def run_case(models: dict, batch: int, prompt_len: int, new: int, steps: int,
     row["graphs compiled while timed"] = compiled_graphs() - graphs
     for name, samples in times.items():
         row[f"{name} tok/s"] = batch * new / statistics.median(samples)
+        if name not in ("eager", "compiled"):
+            row[f"compiled / {name}"] = row["compiled tok/s"] / row[f"{name} tok/s"]
     row["compile s"] = compile_s
     with torch.no_grad():
         for name in ("eager", "compiled"):
@@ -111,9 +115,22 @@ def run_case(models: dict, batch: int, prompt_len: int, new: int, steps: int,
     floor = peak.rate() / (row["MFLOP/token"] * 1e6)
     row["floor tok/s"] = floor
     row["compiled / floor"] = row["compiled tok/s"] / floor
-    if "huginn" in models:
-        row["compiled / huginn"] = row["compiled tok/s"] / row["huginn tok/s"]
     return row
+
+
+def before_generators(src: str, like: LoopLM) -> dict:
+    """An older loopformer tree's generate, eager and after compile_regions, on `like`'s
+    weights (imported as a renamed package, as benchmarks.versions does)."""
+    from .versions import import_old
+
+    old = import_old(Path(src))
+    models = {}
+    for name in ("before eager", "before compiled"):
+        model = old.LoopLM(old.ModelConfig(**like.cfg.to_dict())).eval()
+        model.load_state_dict(like.state_dict())
+        models[name] = model.to(like.embed.weight.device)
+    models["before compiled"].compile_regions()
+    return {name: model.generate for name, model in models.items()}
 
 
 def main() -> None:
@@ -127,29 +144,36 @@ def main() -> None:
                         help="BATCHxPROMPT,... (default: %(default)s)")
     parser.add_argument("--huginn", default=None, metavar="DIR",
                         help="folder with raven_modeling_minimal.py and raven_config_minimal.py")
+    parser.add_argument("--before", default=None, metavar="SRC",
+                        help="an older tree's src/ folder (git worktree add /tmp/before REV)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     eager = LoopLM(CONFIG).eval().to(args.device)
     models = {"eager": eager, "compiled": copy.deepcopy(eager)}
+    others = {}
     if args.huginn:
         from .huginn import huginn_generate
 
-        models["huginn"] = huginn_generate(args.huginn, eager)
+        others["huginn"] = huginn_generate(args.huginn, eager)
+    if args.before:
+        others.update(before_generators(args.before, eager))
     peak = MatmulPeak(device=args.device)
     rows = []
     for case in args.cases.split(","):
         batch, prompt_len = (int(n) for n in case.split("x"))
         rows.append(run_case(models, batch, prompt_len, args.new_tokens, args.steps,
-                             args.repeats, peak))
+                             args.repeats, peak, others))
         print(f"  {case}: done", flush=True)
     print(f"\ngreedy decoding, {eager.num_parameters():,} parameters, {args.steps} thinking "
           f"steps, {args.new_tokens} new tokens, {torch.get_num_threads()} threads, "
           f"{args.repeats} repeats (median), {args.device}; fp32 matmul peak "
           f"{statistics.median(peak.samples) / 1e9:.1f} GFLOP/s (median of the samples)")
-    columns = ["batch", "context", "eager tok/s", "compiled tok/s", "huginn tok/s",
-               "compiled / huginn", "prefill eager tok/s", "prefill compiled tok/s",
+    columns = ["batch", "context", "eager tok/s", "compiled tok/s",
+               *(f"{name} tok/s" for name in others),
+               *(f"compiled / {name}" for name in others), "prefill eager tok/s",
+               "prefill compiled tok/s",
                "cache MB", "MFLOP/token", "floor tok/s", "compiled / floor", "compile s",
                "graphs compiled while timed", "same tokens"]
     print_table(rows, [c for c in columns if any(c in row for row in rows)])

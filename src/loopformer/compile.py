@@ -26,6 +26,13 @@ from .model.core import FixedDepthCore
 from .model.lm import LoopLM
 
 
+# Inductor options for the decoding graph, each measured on a CPU (docs/performance.md):
+# the C++ wrapper calls the kernels without a Python line each (~20% per token), and at
+# batch 1 the matrix-vector products become inductor's own reductions, which use every core,
+# instead of BLAS calls (~1.8x per token; `decompose_mm_pass` only takes single-row products).
+DECODE_OPTIONS = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}}
+
+
 def compile_regions(model: nn.Module, **options) -> nn.Module:
     """Compile `model`'s regions in place (options go to torch.compile); returns `model`.
     `model` is a LoopLM or any model with a `backbone` (the task interfaces)."""
@@ -38,12 +45,10 @@ def compile_regions(model: nn.Module, **options) -> nn.Module:
         # The class's method bound to this model, so a second call does not wrap a wrapper.
         cached = types.MethodType(LoopLM.forward_cached, model)
         model.forward_cached = torch.compile(cached, **{"dynamic": True, **options})
-        # One graph per decoded token, every thinking step in it, at fixed shapes. Inductor's
-        # C++ wrapper calls its kernels without a Python line each: ~20% of a small model's
-        # decoding time on a CPU (docs/performance.md).
+        # One graph per decoded token, every thinking step in it, at fixed shapes.
         decode = types.MethodType(LoopLM.decode_token, model)
-        wrapper = {} if options.keys() & {"backend", "mode", "options"} else \
-            {"options": {"cpp_wrapper": True}}
+        tuned = {} if options.keys() & {"backend", "mode", "options"} else \
+            {"options": DECODE_OPTIONS}
         model.decode_token = torch.compile(decode, **{"fullgraph": True, "dynamic": False,
-                                                      **wrapper, **options})
+                                                      **tuned, **options})
     return model
