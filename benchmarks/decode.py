@@ -1,7 +1,7 @@
 """Greedy cached decoding against the compute floor: eager and compiled tokens/s, prefill
 tokens/s and cache memory at batch 1 and 16, short and 1,024-token contexts.
 
-    python -m benchmarks.decode                       # about 4 minutes on 2 CPU cores
+    python -m benchmarks.decode
     python -m benchmarks.decode --huginn DIR          # Huginn's own code beside it
     python -m benchmarks.decode --before /tmp/before/src   # an older tree beside it
 

@@ -28,6 +28,14 @@ def load_huginn(folder: str | Path):
     if missing:
         raise SystemExit(f"--huginn {folder}: missing {', '.join(missing)} (see "
                          "benchmarks/huginn.py for where Huginn's files come from)")
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        raise SystemExit(
+            f"Huginn's modeling file needs transformers < 5 (found {transformers.__version__}): "
+            "its generate path slices its inputs with the cache_position that transformers 5 "
+            "no longer passes. Run this benchmark in an environment with transformers 4.x "
+            "(tested: 4.57.6) and loopformer installed.")
     if PACKAGE not in sys.modules:
         package = importlib.util.module_from_spec(
             importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True))
@@ -52,17 +60,15 @@ def huginn_generate(folder: str | Path, like: LoopLM):
         vocab_size=cfg.vocab_size, intermediate_size=cfg.ffn_width,
         n_layers_in_prelude=cfg.n_prelude, n_layers_in_recurrent_block=cfg.n_core,
         n_layers_in_coda=cfg.n_coda, mean_recurrence=cfg.mean_steps, tie_embeddings=True)
-    if isinstance(modeling.RavenForCausalLM._tied_weights_keys, list):
-        # transformers >= 5 reads tied weights as {tied: source}; the file predates that.
-        modeling.RavenForCausalLM._tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
-    model = modeling.RavenForCausalLM(config).eval()
+    model = modeling.RavenForCausalLM(config).eval().to(like.embed.weight.device)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # its own init is not implemented: give every weight a value
         for name, param in model.named_parameters():
             if "norm" in name or "ln_f" in name:
                 param.fill_(1.0)
             else:
-                param.copy_(torch.randn(param.shape, generator=generator) * cfg.init_std)
+                param.copy_(torch.randn(param.shape, generator=generator).to(param.device)
+                            * cfg.init_std)
 
     def generate(prompt: torch.Tensor, new_tokens: int, steps: int) -> torch.Tensor:
         # An explicit mask: transformers would otherwise guess padding from pad_token_id.
