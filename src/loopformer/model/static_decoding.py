@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import KVCache, SlotKey, cache_slots
+from .cache import KVCache, cache_slots
 from .context import AttentionContext
 from .depth import Depth
 from .injection import init_state
@@ -47,16 +47,21 @@ class IndexedSlotView:
 class DecodeState:
     """What one decoded token reads and moves forward; tensors only, changed in place."""
 
-    buffers: dict[SlotKey, Entries]  # every slot the depth writes, at full capacity
+    # The buffers of every block the depth unrolls, in cache_slots order (a compressed
+    # cache's shared slot appears once per block that uses it). A tuple, not a dict keyed by
+    # SlotKey, so that the compiled graph's guards check tensors only.
+    blocks: tuple[Entries, ...]
     key_mask: torch.Tensor  # (B, capacity) bool: True = a real token is cached there
     positions: torch.Tensor  # (B, 1) RoPE position of the next token
     index: torch.Tensor  # (1,) long: the cache index the next token is written at
-    slot_for: dict[SlotKey, SlotKey]  # a block's slot key -> the slot that stores it
+    first: tuple[int, int, int]  # where the prelude, core and coda blocks start in `blocks`
+    core_layers: int  # blocks per core step
 
     def view(self, region: str, step: int, layers: int) -> IndexedSlotView:
         """What AttentionContext.at asks a cache writer for."""
-        return IndexedSlotView([self.buffers[self.slot_for[SlotKey(region, step, layer)]]
-                                for layer in range(layers)], self.index)
+        start = {"prelude": self.first[0], "core": self.first[1] + step * self.core_layers,
+                 "coda": self.first[2]}[region]
+        return IndexedSlotView(list(self.blocks[start:start + layers]), self.index)
 
     def context(self, rope) -> AttentionContext:
         """The attention inputs of the next token: it sees every cached real token and
@@ -80,16 +85,20 @@ class StaticDecoder:
         self.model, self.cache, self.depth = model, cache, depth
         self.start = cache.seq_len
         capacity = -(-(self.start + new_tokens) // CAPACITY_STEP) * CAPACITY_STEP
-        slot_for = {key: cache.slot_for(key) for key in cache_slots(model.cfg, depth)}
-        for slot in set(slot_for.values()):
+        cfg = model.cfg
+        slots = [cache.slot_for(key) for key in cache_slots(cfg, depth)]
+        self.slots = set(slots)
+        for slot in self.slots:
             cache.buffers[slot] = _grown(cache.buffers[slot], self.start, capacity)
         batch = cache.key_mask.shape[0]
         key_mask = cache.key_mask.new_zeros(batch, capacity)
         key_mask[:, :self.start] = cache.key_mask
+        core_start = cfg.n_prelude
         self.state = DecodeState(
-            {slot: cache.buffers[slot] for slot in set(slot_for.values())}, key_mask,
+            tuple(cache.buffers[slot] for slot in slots), key_mask,
             cache.next_position[:, None].clone(),
-            torch.full((1,), self.start, dtype=torch.long, device=key_mask.device), slot_for)
+            torch.full((1,), self.start, dtype=torch.long, device=key_mask.device),
+            (0, core_start, core_start + depth.total * cfg.n_core), cfg.n_core)
         self.decoded = 0
 
     @staticmethod
@@ -120,7 +129,7 @@ class StaticDecoder:
     def finish(self) -> None:
         """Record the decoded tokens in the cache (lengths, key mask, positions)."""
         end = self.start + self.decoded
-        for slot in self.state.buffers:
+        for slot in self.slots:
             self.cache.lengths[slot] = end
         cache, batch = self.cache, self.state.key_mask.shape[0]
         new_positions = cache.next_position[:, None] + torch.arange(
