@@ -31,6 +31,10 @@ def _train(rank, world, port, out, updates, resume, parallel, grad_accum, model)
     try:
         Trainer(model, config(updates), out, progress=False, device="cpu", parallel=parallel,
                 grad_accum=grad_accum).fit(resume=resume)
+        # Both processes reach the teardown together: a process that tore gloo down while the
+        # main one was still writing its checkpoint aborted once in CI ("terminate called
+        # without an active exception"). A failed process skips this; spawn stops the other.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -45,7 +45,8 @@ class IndexedSlotView:
 
 @dataclass
 class DecodeState:
-    """What one decoded token reads and moves forward; tensors only, changed in place."""
+    """What one decoded token reads and moves forward (its tensors change in place) and
+    where each region's blocks sit in `blocks`."""
 
     # The buffers of every block the depth unrolls, in cache_slots order (a compressed
     # cache's shared slot appears once per block that uses it). A tuple, not a dict keyed by
@@ -93,12 +94,11 @@ class StaticDecoder:
         batch = cache.key_mask.shape[0]
         key_mask = cache.key_mask.new_zeros(batch, capacity)
         key_mask[:, :self.start] = cache.key_mask
-        core_start = cfg.n_prelude
         self.state = DecodeState(
             tuple(cache.buffers[slot] for slot in slots), key_mask,
             cache.next_position[:, None].clone(),
             torch.full((1,), self.start, dtype=torch.long, device=key_mask.device),
-            (0, core_start, core_start + depth.total * cfg.n_core), cfg.n_core)
+            (0, cfg.n_prelude, cfg.n_prelude + depth.total * cfg.n_core), cfg.n_core)
         self.decoded = 0
 
     @staticmethod
