@@ -120,6 +120,30 @@ def test_curriculum_raises_the_level_when_the_hardest_is_solved(tmp_path, monkey
     assert trainer.max_level == 5  # 2 -> 3 -> 4 -> 5 over three evaluations
 
 
+def test_curriculum_judges_a_level_without_held_out_examples_on_its_training_examples():
+    """Parity's 2-bit strings are all in the training set, so that level has no held-out row:
+    the curriculum must judge it on its training examples, not wait for a row that never comes."""
+    from loopformer.training.recipes import recipe
+
+    model_cfg, cfg = recipe("parity", "quick")
+    cfg = cfg.replace(updates=2, batch_size=8, train_examples=256, eval_every=1,
+                      eval_examples=16, curriculum=True)
+    trainer = Trainer(model_cfg.replace(d_model=32, n_heads=2, ffn_hidden=64), cfg, None,
+                      progress=False)
+    assert trainer.max_level == 2 and 2 not in trainer.source.eval_sets
+    scored = []
+
+    def accuracy(model, batch, steps):
+        scored.append(batch["complexity"].tolist())
+        return 1.0
+
+    trainer.source._accuracy = accuracy
+    trainer.fit()
+    assert trainer.max_level == 4  # 2 -> 3 -> 4, each judged on training strings
+    for level in (2, 3):  # a batch of that level's training strings was scored
+        assert any(len(set(batch)) == 1 and batch[0] == level for batch in scored)
+
+
 @pytest.mark.parametrize("kind, low, high, mean", [
     ("uniform", 5, 8, 6.5), ("poisson-lognormal", 1, 64, 8), ("poisson", 2, 8, 4),
     ("fixed", 1, 1, 6)])

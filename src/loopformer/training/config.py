@@ -61,7 +61,8 @@ class TrainConfig(DictConfig):
     curriculum: bool = False
     """Start on the two easiest levels; add one once the hardest is solved."""
     curriculum_threshold: float = 0.95
-    """Held-out accuracy on the hardest level that adds the next one."""
+    """Held-out accuracy on the hardest level that adds the next one (accuracy on its
+    training examples where the training set holds the level's whole space)."""
     bf16: bool = False
     """bf16 autocast on the training device."""
     compile: bool = False
