@@ -208,6 +208,22 @@ def test_parity_labels_by_counting(seed, bits):
     assert task.thinking_steps(batch["complexity"]).tolist() == [bits + 2]
 
 
+def test_parity_running_targets_by_counting():
+    """Each bit's position is labelled with the count of ones up to it, mod 2 (left padding;
+    BOS, `=` and padding carry no target)."""
+    task = make_task("parity", running_targets=True)
+    rng = random.Random(0)
+    examples = [task.sample(n, rng) for n in (1, 5, 9)]
+    batch = task.collate(examples)
+    for row, ex in enumerate(examples):
+        labels, ids = batch["position_labels"][row].tolist(), batch["input_ids"][row].tolist()
+        start = len(ids) - len(ex.bits) - 1
+        assert ids[start:-1] == list(ex.bits)
+        assert labels[start:-1] == [ex.bits[:i + 1].count(1) % 2 for i in range(len(ex.bits))]
+        assert set(labels[:start] + labels[-1:]) == {-100}
+    assert "position_labels" not in make_task("parity").collate(examples)
+
+
 def test_composition_world_and_splits():
     """Answers by a direct walk of the facts; trained compositions use ID facts only; the OOD
     queries' facts appear in no trained composition; the three sets are disjoint."""

@@ -9,7 +9,7 @@ from loopformer import Depth
 from loopformer.training import checkpoint as ckpt
 from loopformer.training.config import TrainConfig
 from loopformer.training.depth import sample_depth
-from loopformer.training.recipes import GRAPH_MODEL
+from loopformer.training.recipes import GRAPH_MODEL, recipe
 from loopformer.training.run import load_run
 from loopformer.training.trainer import Trainer, loss_and_accuracy
 
@@ -101,6 +101,26 @@ def test_per_step_supervision_blends_every_step(tmp_path):
     torch.testing.assert_close(silent, ce[-1])
 
 
+def test_position_labels_add_each_examples_mean_over_its_targets():
+    """Parity's running targets: the loss adds, per example, the mean cross-entropy over the
+    positions with a target (-100: none), then the mean over examples."""
+    model_cfg, cfg = recipe("parity", "quick")
+    model_cfg = model_cfg.replace(d_model=32, n_heads=2, ffn_hidden=64)
+    cfg = cfg.replace(batch_size=4, train_examples=16, task_options={"running_targets": True})
+    trainer = Trainer(model_cfg, cfg, None, progress=False)
+    batch = trainer.batch(0)
+    out = trainer.model(batch, 3)
+    answer = F.cross_entropy(out.logits[-1], batch["label"])
+    per_example = [F.cross_entropy(logits[labels != -100], labels[labels != -100])
+                   for logits, labels in zip(out.position_logits, batch["position_labels"])]
+    loss, _ = loss_and_accuracy(trainer.model, batch, 3, alpha=0.0)
+    torch.testing.assert_close(loss, answer + torch.stack(per_example).mean())
+    classifier = Trainer(SMALL_GRAPH, small_config(), None, progress=False)
+    batch = dict(classifier.batch(0), position_labels=torch.zeros(8, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="no per-position readout"):
+        classifier.model(batch, 2)
+
+
 def test_truncated_backprop_in_the_trainer(tmp_path):
     trainer = Trainer(SMALL_GRAPH, small_config(depth="fixed", depth_mean=12, backprop_steps=8),
                       tmp_path, progress=False)
@@ -123,8 +143,6 @@ def test_curriculum_raises_the_level_when_the_hardest_is_solved(tmp_path, monkey
 def test_curriculum_judges_a_level_without_held_out_examples_on_its_training_examples():
     """Parity's 2-bit strings are all in the training set, so that level has no held-out row:
     the curriculum must judge it on its training examples, not wait for a row that never comes."""
-    from loopformer.training.recipes import recipe
-
     model_cfg, cfg = recipe("parity", "quick")
     cfg = cfg.replace(updates=2, batch_size=8, train_examples=256, eval_every=1,
                       eval_examples=16, curriculum=True)

@@ -33,6 +33,8 @@ class TaskOutput:
     steps: torch.Tensor  # (B,) core steps spent on each example (its slowest real token)
     ponder: torch.Tensor | None = None  # (B,) ACT's mean N + R over the example's tokens
     aux_loss: torch.Tensor | None = None  # MoE balancing loss, for the trainer to add
+    # (B, T, classes) at the final step, when the batch holds "position_labels"
+    position_logits: torch.Tensor | None = None
 
 
 class TaskModel(nn.Module, ABC):
@@ -45,6 +47,12 @@ class TaskModel(nn.Module, ABC):
     @abstractmethod
     def readout(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
         """Coda features (B, T, d) -> logits (B, classes)."""
+
+    def position_readout(self, features: torch.Tensor) -> torch.Tensor:
+        """Coda features (B, T, d) -> logits (B, T, classes) at every position: what a batch's
+        optional "position_labels" (per-position targets) are trained against."""
+        raise ValueError(f"{type(self).__name__} has no per-position readout: a batch with "
+                         "\"position_labels\" needs the \"lm\" interface")
 
     def forward(self, batch: dict, num_steps, *, all_steps: bool = False,
                 generator: torch.Generator | None = None, exit_rule: ExitRule | None = None,
@@ -66,8 +74,11 @@ class TaskModel(nn.Module, ABC):
         ponder = None
         if core_out.ponder is not None:
             ponder = (core_out.ponder * real).sum(1) / real.sum(1).clamp_min(1)
+        position_logits = None
+        if "position_labels" in batch:
+            position_logits = self.position_readout(features[-1])
         return TaskOutput([self.readout(f, batch) for f in features], steps, ponder,
-                          core_out.aux_loss)
+                          core_out.aux_loss, position_logits)
 
     def num_parameters(self, active: bool = False) -> int:
         """All parameters, or with `active` those one token uses (MoE: k of n experts)."""
@@ -150,6 +161,9 @@ class AnswerLM(TaskModel):
 
     def readout(self, features, batch):
         return self.lm.head(features[:, -1])
+
+    def position_readout(self, features):
+        return self.lm.head(features)
 
 
 class TextLM(AnswerLM):

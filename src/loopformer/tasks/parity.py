@@ -6,6 +6,10 @@ task asks for n + `extra_steps` thinking steps per example (TrainConfig.depth = 
 looped causal model can absorb one bit per step (the state at a position after t steps can
 hold the parity of the t bits before it, reading its left neighbour's state), so its depth
 grows with the string, while a fixed-depth model has a fixed reach.
+
+`running_targets` adds the parity of the bits so far as a target at every bit's position
+(batch key "position_labels"): a denser training signal than the one answer, teaching the
+same one-bit-per-step rule from its short cases; evaluation still scores the answer alone.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ class Parity(Task):
     vocab_size = num_classes = 4
 
     def __init__(self, train_bits: int = 12, test_complexities=(4, 8, 12, 16, 20, 24, 32),
-                 extra_steps: int = 2, max_bits: int = 64):
+                 extra_steps: int = 2, max_bits: int = 64, running_targets: bool = False):
         if not 1 <= train_bits <= max_bits or extra_steps < 0:
             raise ValueError(f"parity: train_bits must lie in [1, max_bits = {max_bits}] and "
                              f"extra_steps be >= 0, got {train_bits} and {extra_steps}")
         self.train_complexities = tuple(range(1, train_bits + 1))
         self.test_complexities = tuple(test_complexities)
         self.extra_steps, self.max_bits = extra_steps, max_bits
+        self.running_targets = running_targets
         self.max_len = max_bits + 2
 
     def check_complexity(self, complexity: int) -> None:
@@ -56,5 +61,12 @@ class Parity(Task):
         return complexity + self.extra_steps
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
-        return answer_batch([[BOS, *ex.bits, EQUALS] for ex in examples],
-                            [ex.label for ex in examples], examples)
+        batch = answer_batch([[BOS, *ex.bits, EQUALS] for ex in examples],
+                             [ex.label for ex in examples], examples)
+        if self.running_targets:  # left-padded like the inputs; -100: no target
+            labels = torch.full_like(batch["input_ids"], -100)
+            for row, ex in enumerate(examples):
+                running = torch.tensor(ex.bits).cumsum(0) % 2
+                labels[row, -1 - len(ex.bits):-1] = running
+            batch["position_labels"] = labels
+        return batch

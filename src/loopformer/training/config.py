@@ -21,7 +21,7 @@ class TrainConfig(DictConfig):
     task: str = "graph"
     """The task: graph | logic | family | chains | composition | parity | modarith | text, or
     a Task subclass of your own as package.module:ClassName."""
-    task_options: dict[str, int | float | str] = dataclasses.field(default_factory=dict)
+    task_options: dict[str, int | float | bool | str] = dataclasses.field(default_factory=dict)
     """Keyword arguments of the task's generator, e.g. modulus 97 (modarith)."""
     seed: int = 0
     """Seeds the data, the initialisation and the depth sampler."""

@@ -59,12 +59,22 @@ def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: 
     if alpha > 0:
         per_step = torch.stack([F.cross_entropy(l, labels) for l in logits]).mean()
         loss = (1 - alpha) * final + alpha * per_step
+    if out.position_logits is not None:  # per-position targets: each example's mean
+        loss = loss + position_loss(out.position_logits, batch["position_labels"])
     if out.ponder is not None:  # ACT: pay for every step taken (Graves 2016)
         loss = loss + ponder_cost * out.ponder.mean()
     if out.aux_loss is not None:  # MoE load balancing (already weighted by moe_aux_weight)
         loss = loss + out.aux_loss
     accuracy = (logits[-1].argmax(-1) == labels).float().mean()
     return loss, accuracy
+
+
+def position_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at the positions with a target (labels != -100), averaged within each
+    example first, so that micro-batches and processes weigh every example alike."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
+    targets = (labels != -100).sum(1).clamp_min(1)
+    return (ce.sum(1) / targets).mean()
 
 
 class Trainer:
