@@ -1,6 +1,7 @@
-"""Wall time of adaptive depth (a per-token exit criterion) against the fixed depth that
-reaches the same accuracy, on a trained text run: prefill and token-by-token decoding, at
-batch 1 and 16.
+"""Wall time of adaptive depth (an exit criterion) against the fixed depth that reaches the
+same accuracy, on a trained run: for a text run prefill and token-by-token decoding, for a task
+run one forward over a shuffled mix of its held-out complexities (exited examples leave the
+batch), at batch 1 and 16.
 
 Accuracy is next-token top-1 accuracy on validation windows. The matched fixed depth is the
 smallest step count whose accuracy is at least the adaptive one's. Decoding is teacher-forced
@@ -8,17 +9,26 @@ smallest step count whose accuracy is at least the adaptive one's. Decoding is t
 fallback under exits), so that both settings decode the same tokens and their accuracy is
 measured on them.
 
+For a task run, accuracy is the answer's on held-out examples of every training complexity
+(or --complexities) mixed together, so one fixed depth must serve the deepest of them while
+an exit can stop each example at its own depth.
+
     python -m benchmarks.adaptive runs/text-quick --threshold 5e-4 1e-2
+    python -m benchmarks.adaptive runs/chains-w1 --threshold 1e-3
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 from pathlib import Path
 
 import torch
 
 from loopformer import KVCache
+from loopformer.evaluation.scoring import is_correct
+from loopformer.model.exits import ExitRule
+from loopformer.training.run import load_config, load_run, training_keys
 
 from .common import measure, print_table, text_run_windows
 
@@ -62,9 +72,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--complexities", type=int, nargs="+", default=None,
+                        help="task runs: the held-out complexities to mix (default: trained)")
+    parser.add_argument("--examples", type=int, default=64,
+                        help="task runs: held-out examples per complexity")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if load_config(args.run)[1].task != "text":
+        return task_main(args)
     model, _, windows = text_run_windows(args.run, max(args.windows, *args.batch))
     lm = model.lm
     ids, labels = windows[:, :-1], windows[:, 1:]
@@ -106,6 +122,59 @@ def main() -> None:
                     print(f"  {mode} batch {batch} {name}: {tokens / timing['median_s']:.0f} "
                           f"tok/s", flush=True)
     print_table(rows, ["mode", "batch", "depth", "accuracy", "steps/token", "tok/s", "speedup"])
+
+
+@torch.no_grad()
+def answer_accuracy(model, batches: list[dict], steps: int, rule: ExitRule | None):
+    """Accuracy and mean steps per example over the batches, under a fixed depth or a rule."""
+    correct, spent, n = 0, 0.0, 0
+    for batch in batches:
+        out = model(batch, steps, exit_rule=rule)
+        correct += int(is_correct(out.logits[-1], batch["label"]).sum())
+        spent += float(out.steps.float().sum())
+        n += len(batch["label"])
+    return correct / n, spent / n
+
+
+def task_main(args) -> None:
+    task, model, _, train_cfg = load_run(args.run)
+    exclude = training_keys(task, train_cfg)
+    complexities = args.complexities or task.train_complexities
+    examples = [ex for c in complexities
+                for ex in task.eval_set(c, args.examples, train_cfg.seed, exclude)]
+    random.Random(0).shuffle(examples)  # every batch mixes the complexities
+
+    def batches(size: int) -> list[dict]:
+        return [task.collate(examples[i:i + size]) for i in range(0, len(examples), size)]
+
+    print(f"{args.run}: {len(examples)} held-out examples of complexities "
+          f"{list(complexities)}, mixed; {torch.get_num_threads()} threads")
+    everything = batches(256)
+    by_depth = {t: answer_accuracy(model, everything, t, None)[0]
+                for t in range(1, args.max_steps + 1)}
+    print("fixed depth accuracy: " + ", ".join(f"{t}: {a:.4f}" for t, a in by_depth.items()))
+    rows = []
+    for threshold in args.threshold:
+        rule = ExitRule(args.criterion, threshold)
+        acc, steps = answer_accuracy(model, everything, args.max_steps, rule)
+        matched = min((t for t, a in by_depth.items() if a >= acc), default=args.max_steps)
+        print(f"{args.criterion} < {rule.threshold}: accuracy {acc:.4f} at {steps:.2f} steps per "
+              f"example; fixed depth of equal accuracy: {matched}", flush=True)
+        for size in args.batch:
+            part = batches(size)
+            times = {}
+            for name, depth, option in [(f"fixed {matched}", matched, None),
+                                        (f"{args.criterion} < {rule.threshold}",
+                                         args.max_steps, rule)]:
+                run = lambda: answer_accuracy(model, part, depth, option)
+                accuracy_here, spent = run()
+                times[name] = measure(run, repeats=args.repeats, warmup=0)["median_s"]
+                rows.append({"batch": size, "depth": name, "accuracy": accuracy_here,
+                             "steps/example": spent, "examples/s": len(examples) / times[name],
+                             "speedup": times[f"fixed {matched}"] / times[name]})
+                print(f"  batch {size} {name}: {len(examples) / times[name]:.0f} examples/s",
+                      flush=True)
+    print_table(rows, ["batch", "depth", "accuracy", "steps/example", "examples/s", "speedup"])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from loopformer.cli import main
 from loopformer.model.depth import Depth
 from loopformer.tasks import make_task, task_name
@@ -77,6 +80,31 @@ def test_depth_from_the_task_in_training_and_evaluation():
         assert rows == [c + 2 for c in complexity]
     assert sum(training for *_, training in seen) == 2 * 2 and set(result) <= set(range(1, 7))
     assert all(isinstance(v, float) for v in result.values())
+
+
+def test_extra_training_steps_beyond_the_task_count():
+    """depth_extra: each training example runs U{0..k} more steps than its task asks, drawn by
+    (seed, update) so that every rank and micro-batch split agrees; micro-batches get their
+    own rows of the draw."""
+    model_cfg, cfg = recipe("parity", "quick")
+    model_cfg = model_cfg.replace(d_model=32, n_heads=2, ffn_hidden=64)
+    cfg = cfg.replace(updates=1, batch_size=16, train_examples=64, depth_extra=6,
+                      task_options={"train_bits": 6})
+    trainer = Trainer(model_cfg, cfg, None, progress=False, grad_accum=2)
+    batch = trainer.batch(0)
+    rows = trainer.depth(0, batch).rows
+    extra = rows - (batch["complexity"] + 2)
+    assert 0 <= int(extra.min()) and int(extra.max()) <= 6 and len(set(extra.tolist())) > 1
+    assert torch.equal(rows, trainer.depth(0, batch).rows)
+    assert not torch.equal(rows, trainer.depth(1, batch).rows)
+    seen = []
+    original = trainer.train_model.forward
+    trainer.train_model.forward = lambda part, depth, **kw: (
+        seen.append(depth.rows), original(part, depth, **kw))[1]
+    trainer.accumulate_gradients(batch, trainer.depth(0, batch))
+    assert torch.equal(torch.cat(seen), rows)
+    with pytest.raises(ValueError, match="depth_extra"):
+        cfg.replace(depth="uniform")
 
 
 def test_the_fixed_depth_baseline_of_a_task_depth_recipe():

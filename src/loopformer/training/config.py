@@ -46,6 +46,10 @@ class TrainConfig(DictConfig):
     depth: Literal["fixed", "uniform", "poisson-lognormal", "poisson", "task"] = "uniform"
     """Core steps per update: fixed, uniform U{low..high}, poisson, poisson-lognormal (Huginn),
     or task: each example its own count from Task.thinking_steps (training and evaluation)."""
+    depth_extra: int = 0
+    """depth "task" only: each training example runs U{0..depth_extra} steps beyond its task's
+    count, so that a state holding its answer learns to keep it on longer loops (evaluation
+    uses the task's count)."""
     depth_low: int = 5
     """Fewest core steps an update draws."""
     depth_high: int = 8
@@ -119,6 +123,9 @@ class TrainConfig(DictConfig):
                              f"{self.eval_steps}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"TrainConfig.alpha must lie in [0, 1], got {self.alpha}")
+        if self.depth_extra < 0 or (self.depth_extra and self.depth != "task"):
+            raise ValueError(f"TrainConfig.depth_extra ({self.depth_extra}) adds steps to depth "
+                             "'task' only and must be >= 0")
         if self.depth == "task" and self.backprop_steps is not None:
             raise ValueError("TrainConfig.backprop_steps truncates one depth for the batch; with "
                              "depth 'task' each example has its own: leave backprop_steps None")

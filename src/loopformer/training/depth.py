@@ -30,3 +30,9 @@ def sample_depth(kind: str, update: int, seed: int, *, low: int, high: int, mean
     if kind == "poisson":
         return int(np.clip(rng.poisson(mean), low, high))
     raise ValueError(f"unknown depth sampler {kind!r}; choose one of {DEPTH_SAMPLERS}")
+
+
+def sample_extra_steps(count: int, most: int, update: int, seed: int) -> np.ndarray:
+    """U{0..most} extra steps for each of `count` examples of update `update` (depth "task"
+    with TrainConfig.depth_extra), drawn from (seed, update) alone like the samplers above."""
+    return np.random.default_rng([seed, update, 0xE7A]).integers(0, most + 1, count)

@@ -27,7 +27,7 @@ from ..tasks.interfaces import TaskModel
 from .checkpoint import (CheckpointError, full_state, has_checkpoint, load_checkpoint,
                          load_optimizer_state, save_checkpoint)
 from .config import TrainConfig
-from .depth import sample_depth
+from .depth import sample_depth, sample_extra_steps
 from .device import autocast, has_fused_adamw
 from .parallelize import (barrier, gradient_sync, join_world, parallelize, release_gathered,
                           sum_over_world)
@@ -160,7 +160,11 @@ class Trainer:
         depth "task" each example's own count (Task.thinking_steps)."""
         c = self.cfg
         if c.depth == "task":
-            return Depth.of(self.task.thinking_steps(batch["complexity"]))
+            rows = self.task.thinking_steps(batch["complexity"])
+            if c.depth_extra:
+                extra = sample_extra_steps(len(rows), c.depth_extra, update, c.seed)
+                rows = rows + torch.as_tensor(extra, dtype=rows.dtype, device=rows.device)
+            return Depth.of(rows)
         steps = sample_depth(c.depth, update, c.seed, low=c.depth_low, high=c.depth_high,
                              mean=c.depth_mean)
         grad = steps if c.backprop_steps is None else min(steps, c.backprop_steps)
@@ -182,13 +186,15 @@ class Trainer:
         Returns the whole batch's loss and accuracy."""
         self.optimizer.zero_grad(set_to_none=True)
         size, world, k = batch["label"].shape[0], self.world, self.grad_accum
-        parts = micro_batches(batch, world.size * k)[world.rank * k:(world.rank + 1) * k]
+        mine = slice(world.rank * k, (world.rank + 1) * k)
+        parts = micro_batches(batch, world.size * k)[mine]
+        row_parts = torch.tensor_split(depth.rows, world.size * k)[mine] \
+            if depth.rows is not None else None
         total_loss = total_acc = 0.0
         for i, part in enumerate(parts):
-            if depth.rows is not None:  # this micro-batch's own rows; every process and
+            if row_parts is not None:  # this micro-batch's own rows; every process and
                 # micro-batch loops the whole batch's most steps, so collectives stay in step
-                rows = self.task.thinking_steps(part["complexity"])
-                depth = Depth(0, depth.grad, rows)
+                depth = Depth(0, depth.grad, row_parts[i])
             part = to_device(part, self.device)
             share = part["label"].shape[0] / size  # the losses are means over examples
             # Gradients are reduced over processes once, after the last micro-batch.
