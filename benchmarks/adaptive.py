@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 from pathlib import Path
 
 import torch
@@ -162,18 +163,20 @@ def task_main(args) -> None:
               f"example; fixed depth of equal accuracy: {matched}", flush=True)
         for size in args.batch:
             part = batches(size)
-            times = {}
-            for name, depth, option in [(f"fixed {matched}", matched, None),
-                                        (f"{args.criterion} < {rule.threshold}",
-                                         args.max_steps, rule)]:
-                run = lambda: answer_accuracy(model, part, depth, option)
-                accuracy_here, spent = run()
-                times[name] = measure(run, repeats=args.repeats, warmup=0)["median_s"]
+            settings = {f"fixed {matched}": (matched, None),
+                        f"{args.criterion} < {rule.threshold}": (args.max_steps, rule)}
+            results = {name: answer_accuracy(model, part, *how) for name, how in settings.items()}
+            times = {name: [] for name in settings}
+            for _ in range(args.repeats):  # in turns, so that the machine's drift cancels
+                for name, how in settings.items():
+                    times[name].append(measure(lambda: answer_accuracy(model, part, *how),
+                                               repeats=1, warmup=0)["median_s"])
+            fixed_s = statistics.median(times[f"fixed {matched}"])
+            for name, (accuracy_here, spent) in results.items():
+                median_s = statistics.median(times[name])
                 rows.append({"batch": size, "depth": name, "accuracy": accuracy_here,
-                             "steps/example": spent, "examples/s": len(examples) / times[name],
-                             "speedup": times[f"fixed {matched}"] / times[name]})
-                print(f"  batch {size} {name}: {len(examples) / times[name]:.0f} examples/s",
-                      flush=True)
+                             "steps/example": spent, "examples/s": len(examples) / median_s,
+                             "speedup": fixed_s / median_s})
     print_table(rows, ["batch", "depth", "accuracy", "steps/example", "examples/s", "speedup"])
 
 

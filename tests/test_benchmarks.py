@@ -95,3 +95,28 @@ def test_huginn_comparison_names_the_missing_files(tmp_path):
 
     with pytest.raises(SystemExit, match="raven_modeling_minimal.py"):
         load_huginn(tmp_path)
+
+
+def test_adaptive_task_benchmark_scores_each_example_alike_alone_or_in_a_batch():
+    """The task path of the adaptive benchmark: an exit stops each example on its own, so one
+    batch of mixed complexities and the same examples one at a time agree on accuracy and
+    steps; a fixed depth spends exactly its steps."""
+    import random
+
+    from benchmarks.adaptive import answer_accuracy
+    from loopformer.model.exits import ExitRule
+    from loopformer.tasks import make_task
+    from loopformer.tasks.interfaces import build_task_model
+    from loopformer.training.recipes import recipe
+
+    task = make_task("chains", num_entities=20, train_hops=4)
+    model = build_task_model(task, recipe("chains", "quick")[0].replace(
+        vocab_size=30, d_model=32, n_heads=2, ffn_hidden=64)).eval()
+    rng = random.Random(0)
+    examples = [task.sample(c, rng) for c in (1, 2, 3, 4) * 3]
+    rule = ExitRule("latent-diff", 0.3)
+    together = answer_accuracy(model, [task.collate(examples)], 12, rule)
+    alone = answer_accuracy(model, [task.collate([ex]) for ex in examples], 12, rule)
+    assert together[0] == alone[0] and abs(together[1] - alone[1]) < 1e-9
+    assert 1 <= together[1] < 12
+    assert answer_accuracy(model, [task.collate(examples)], 5, None)[1] == 5
