@@ -62,7 +62,7 @@ def test_depth_from_the_task_in_training_and_evaluation():
     model_cfg, cfg = recipe("parity", "quick")
     model_cfg = model_cfg.replace(d_model=32, n_heads=2, ffn_hidden=64)
     cfg = cfg.replace(updates=2, batch_size=8, train_examples=64, eval_every=2,
-                      eval_examples=8, task_options={"train_bits": 6})
+                      eval_examples=8, task_options={"train_bits": 6}, depth_extra=0)
     trainer = Trainer(model_cfg, cfg, None, progress=False, grad_accum=2)
     batch = trainer.batch(0)
     assert trainer.depth(0, batch).rows.tolist() == (batch["complexity"] + 2).tolist()
@@ -111,5 +111,6 @@ def test_the_fixed_depth_baseline_of_a_task_depth_recipe():
     from loopformer.train_cli import parse_train_flags
 
     flags, _ = parse_train_flags(["--task", "parity", "--baseline", "compute"])
-    assert flags.model.core == "fixed" and flags.model.fixed_depth == 8
-    assert flags.train.depth == "fixed"
+    # the mean of the task's steps (8.5) and half the extra training steps (16 / 2)
+    assert flags.model.core == "fixed" and flags.model.fixed_depth == round(8.5 + 8)
+    assert flags.train.depth == "fixed" and flags.train.depth_extra == 0

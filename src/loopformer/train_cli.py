@@ -194,10 +194,13 @@ def apply_shorthands(flags: TrainFlags, base_train: TrainConfig) -> TrainFlags:
     if flags.baseline != "none":
         mean = train.depth_mean if train.depth != "uniform" else \
             (train.depth_low + train.depth_high) / 2
+        # depth "task": depth_mean is the mean of the task's steps (its recipe), and the
+        # looped model trains U{0..depth_extra} steps beyond them
+        mean += train.depth_extra / 2
         depth = 1 if flags.baseline == "param" else round(mean)
         model = model.replace(core="fixed", fixed_depth=depth)
-        if train.depth == "task":  # depth_mean: the mean of the task's steps (its recipe)
-            train = train.replace(depth="fixed")
+        if train.depth == "task":
+            train = train.replace(depth="fixed", depth_extra=0)
     if flags.halting == "act":
         model = model.replace(halting="act", mean_steps=train.depth_high)
     return replace(flags, model=model, train=train)
