@@ -11,7 +11,8 @@ from loopformer.training.config import TrainConfig
 from loopformer.training.depth import sample_depth
 from loopformer.training.recipes import GRAPH_MODEL, recipe
 from loopformer.training.run import load_run
-from loopformer.training.trainer import Trainer, loss_and_accuracy
+from loopformer.training.loss import loss_and_accuracy
+from loopformer.training.trainer import Trainer
 
 SMALL_GRAPH = GRAPH_MODEL.replace(d_model=32, ffn_hidden=64)
 

@@ -14,7 +14,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..compile import compile_regions
@@ -29,6 +28,7 @@ from .checkpoint import (CheckpointError, full_state, has_checkpoint, load_check
 from .config import TrainConfig
 from .depth import sample_depth, sample_extra_steps
 from .device import autocast, has_fused_adamw
+from .loss import loss_and_accuracy
 from .parallelize import (barrier, gradient_sync, join_world, parallelize, release_gathered,
                           sum_over_world)
 from .rundir import RunWriter
@@ -46,35 +46,6 @@ def lr_at(cfg: TrainConfig, update: int) -> float:
     progress = (update - cfg.warmup_updates) / max(1, cfg.updates - cfg.warmup_updates)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
-
-
-def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: float,
-                      ponder_cost: float = 0.0):
-    out = model(batch, depth, all_steps=alpha > 0)
-    # One label per example (tasks) or per position (text): both flatten to (N, classes).
-    logits = [l.flatten(0, -2).float() for l in out.logits]
-    labels = batch["label"].flatten()
-    final = F.cross_entropy(logits[-1], labels)
-    loss = final
-    if alpha > 0:
-        per_step = torch.stack([F.cross_entropy(l, labels) for l in logits]).mean()
-        loss = (1 - alpha) * final + alpha * per_step
-    if out.position_logits is not None:  # per-position targets: each example's mean
-        loss = loss + position_loss(out.position_logits, batch["position_labels"])
-    if out.ponder is not None:  # ACT: pay for every step taken (Graves 2016)
-        loss = loss + ponder_cost * out.ponder.mean()
-    if out.aux_loss is not None:  # MoE load balancing (already weighted by moe_aux_weight)
-        loss = loss + out.aux_loss
-    accuracy = (logits[-1].argmax(-1) == labels).float().mean()
-    return loss, accuracy
-
-
-def position_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy at the positions with a target (labels != -100), averaged within each
-    example first, so that micro-batches and processes weigh every example alike."""
-    ce = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
-    targets = (labels != -100).sum(1).clamp_min(1)
-    return (ce.sum(1) / targets).mean()
 
 
 class Trainer:
