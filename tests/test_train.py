@@ -12,6 +12,7 @@ from loopformer.training.depth import sample_depth
 from loopformer.training.recipes import GRAPH_MODEL, recipe
 from loopformer.training.run import load_run
 from loopformer.training.loss import loss_and_accuracy
+from loopformer.model.observers import StepChange
 from loopformer.training.trainer import Trainer
 
 SMALL_GRAPH = GRAPH_MODEL.replace(d_model=32, ffn_hidden=64)
@@ -120,6 +121,30 @@ def test_position_labels_add_each_examples_mean_over_its_targets():
     batch = dict(classifier.batch(0), position_labels=torch.zeros(8, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="no per-position readout"):
         classifier.model(batch, 2)
+
+
+def test_fixed_point_penalty_is_the_mean_relative_step_of_the_gradient_steps():
+    """StepChange: mean over tokens and gradient steps of ||s_t - s_(t-1)|| / ||s_t||; the
+    loss adds it with TrainConfig.fixed_point_weight, and its gradient reaches the core."""
+    penalty = StepChange()
+    s0 = torch.ones(1, 2, 4)
+    penalty.start(s0, Depth(1, 2))
+    states = [2 * s0, 2 * s0, 4 * s0]  # the no-grad step is skipped; then 0 and 1/2
+    for t, s in enumerate(states):
+        penalty.observe(t, s)
+    torch.testing.assert_close(penalty.value, torch.tensor(0.25))
+    trainer = Trainer(SMALL_GRAPH, small_config(), None, progress=False)
+    batch = trainer.batch(0)
+    plain, _ = loss_and_accuracy(trainer.model, batch, 3, alpha=0.0)
+    measured = StepChange()
+    trainer.model(batch, 3, observers=[measured])
+    loss, _ = loss_and_accuracy(trainer.model, batch, 3, alpha=0.0, fixed_point_weight=2.0)
+    torch.testing.assert_close(loss, plain + 2.0 * measured.value)
+    measured.value.backward()  # the penalty's gradient reaches the core's weights
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in trainer.model.backbone.core.parameters())
+    with pytest.raises(ValueError, match="fixed_point_weight"):
+        small_config(fixed_point_weight=-1.0)
 
 
 def test_truncated_backprop_in_the_trainer(tmp_path):

@@ -62,6 +62,28 @@ class StateCollector(StepObserver):
         return None
 
 
+class StepChange(StepObserver):
+    """The mean relative state change ||s_t - s_(t-1)|| / ||s_t|| over tokens and gradient
+    steps: the penalty of a fixed-point objective (TrainConfig.fixed_point_weight). Its norm,
+    not its square, so that a few large changes cost less than a steady drift."""
+
+    def start(self, state, depth):
+        self.previous, self.first, self.terms = state, depth.no_grad, []
+        return None
+
+    def observe(self, step, state):
+        if step >= self.first:
+            change = (state - self.previous).pow(2).sum(-1).add(1e-12).sqrt()
+            # A detached norm: the model cannot shrink the ratio by inflating its states.
+            self.terms.append((change / state.detach().norm(dim=-1).clamp_min(1e-6)).mean())
+        self.previous = state
+        return None
+
+    @property
+    def value(self) -> torch.Tensor:
+        return torch.stack(self.terms).mean()
+
+
 class RowBudget(StepObserver):
     """Per-row step counts in one batch (Depth.rows): row b stops after rows[b] steps and
     keeps its state, as an exited token does."""

@@ -62,6 +62,9 @@ class TrainConfig(DictConfig):
     """L = (1 - alpha) CE(final) + alpha/T sum_t CE(t); 0 = silent thinking (Chen 2026)."""
     ponder_cost: float = 0.01
     """ACT only: weight of the ponder cost mean(N + R) in the loss (Universal Transformers)."""
+    fixed_point_weight: float = 0.0
+    """Weight of the mean relative per-step state change ||s_t - s_(t-1)|| / ||s_t|| in the
+    loss: states that settle once they hold their answer, instead of drifting (0 = off)."""
     curriculum: bool = False
     """Start on the two easiest levels; add one once the hardest is solved."""
     curriculum_threshold: float = 0.95
@@ -109,7 +112,8 @@ class TrainConfig(DictConfig):
         for name in ("lr", "grad_clip", "depth_mean"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("seed", "warmup_updates", "weight_decay", "ponder_cost"):
+        for name in ("seed", "warmup_updates", "weight_decay", "ponder_cost",
+                     "fixed_point_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not all(0.0 <= b < 1.0 for b in self.betas):

@@ -1,5 +1,6 @@
 """The training loss of a task model: the answer's cross-entropy (final step, or blended
-with every step), per-position targets, ACT's ponder cost and MoE balancing."""
+with every step), per-position targets, a fixed-point penalty, ACT's ponder cost and MoE
+balancing."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from ..model.depth import Depth
+from ..model.observers import StepChange
 from ..tasks.interfaces import TaskModel
 
 
 def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: float,
-                      ponder_cost: float = 0.0):
-    out = model(batch, depth, all_steps=alpha > 0)
+                      ponder_cost: float = 0.0, fixed_point_weight: float = 0.0):
+    step_change = [StepChange()] if fixed_point_weight > 0 else []
+    out = model(batch, depth, all_steps=alpha > 0, observers=step_change)
     # One label per example (tasks) or per position (text): both flatten to (N, classes).
     logits = [l.flatten(0, -2).float() for l in out.logits]
     labels = batch["label"].flatten()
@@ -23,6 +26,8 @@ def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: 
         loss = (1 - alpha) * final + alpha * per_step
     if out.position_logits is not None:  # per-position targets: each example's mean
         loss = loss + position_loss(out.position_logits, batch["position_labels"])
+    if step_change:  # states that settle instead of drifting (docs/training.md)
+        loss = loss + fixed_point_weight * step_change[0].value
     if out.ponder is not None:  # ACT: pay for every step taken (Graves 2016)
         loss = loss + ponder_cost * out.ponder.mean()
     if out.aux_loss is not None:  # MoE load balancing (already weighted by moe_aux_weight)

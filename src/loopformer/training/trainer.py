@@ -172,7 +172,8 @@ class Trainer:
             with gradient_sync(self.train_model, enabled=i == len(parts) - 1):
                 with autocast(self.device, self.cfg.bf16):
                     loss, acc = loss_and_accuracy(self.train_model, part, depth, self.cfg.alpha,
-                                                  self.cfg.ponder_cost)
+                                                  self.cfg.ponder_cost,
+                                                  self.cfg.fixed_point_weight)
                 (loss * share * world.size).backward()
             total_loss, total_acc = total_loss + loss.detach() * share, total_acc + acc * share
         release_gathered(self.model)
