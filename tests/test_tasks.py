@@ -251,3 +251,15 @@ def test_composition_world_and_splits():
     assert len(task.train_set(0, 0)) == len(task.facts) + len(task.trained_queries)
     batch = task.collate(splits["ood"][:3])
     assert batch["input_ids"].shape == (3, 3) and int(batch["input_ids"][:, 1:].min()) >= E
+    assert "position_labels" not in batch
+
+
+def test_composition_entity_targets_by_walking_the_facts():
+    """entity_targets: the head's position is labelled with the head, the first relation's
+    with the bridge; the answer's position and padding with -100."""
+    task = make_task("composition", num_entities=60, num_relations=8, facts_per_entity=4,
+                     ood_fraction=0.2, inferred_ratio=2.0, entity_targets=True)
+    atomic, two_hop = task.train_set(0, 0)[0], task.trained_queries[0]
+    labels = task.collate([atomic, two_hop])["position_labels"].tolist()
+    assert labels[0] == [-100, atomic.head, -100]
+    assert labels[1] == [two_hop.head, task.facts[two_hop.head, two_hop.relations[0]], -100]

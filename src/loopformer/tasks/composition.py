@@ -10,6 +10,11 @@ many as the atomic facts (Wang et al.'s phi). Evaluation asks three sets: traine
 queries ("train"), held-out ID two-hop queries ("id"), and OOD two-hop queries, both of whose
 atomic facts are OOD, so neither ever appeared in a trained composition ("ood").
 Complexity = hops (1 atomic, 2 two-hop).
+
+`entity_targets` labels every position before the answer with the entity it stands for (batch
+key "position_labels"): the head itself, and after a relation the entity reached so far (the
+bridge, itself an atomic fact's answer). An input entity and a computed one are then read out
+alike, which is what a second hop needs in order to look both up with the same weights.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ class Composition(Task):
 
     def __init__(self, num_entities: int = 200, num_relations: int = 20,
                  facts_per_entity: int = 10, ood_fraction: float = 0.1,
-                 inferred_ratio: float = 3.6, world_seed: int = 0):
+                 inferred_ratio: float = 3.6, world_seed: int = 0,
+                 entity_targets: bool = False):
         if not 1 <= facts_per_entity <= num_relations:
             raise ValueError(f"facts_per_entity must lie in [1, num_relations = "
                              f"{num_relations}], got {facts_per_entity}")
@@ -45,7 +51,7 @@ class Composition(Task):
             raise ValueError(f"ood_fraction must lie in (0, 1) and inferred_ratio be > 0, got "
                              f"{ood_fraction} and {inferred_ratio}")
         E, R = num_entities, num_relations
-        self.num_entities = E
+        self.num_entities, self.entity_targets = E, entity_targets
         self.vocab_size = self.num_classes = E + R  # entities, then relations
         self.max_len = 3
         self.train_complexities, self.test_complexities = (1, 2), (2,)
@@ -100,5 +106,14 @@ class Composition(Task):
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
         E = self.num_entities
-        return answer_batch([[ex.head] + [E + r for r in ex.relations] for ex in examples],
-                            [ex.answer for ex in examples], examples)
+        batch = answer_batch([[ex.head] + [E + r for r in ex.relations] for ex in examples],
+                             [ex.answer for ex in examples], examples)
+        if self.entity_targets:  # left-padded like the inputs; the answer's own position: none
+            labels = torch.full_like(batch["input_ids"], -100)
+            for row, ex in enumerate(examples):
+                reached = [ex.head]
+                for r in ex.relations[:-1]:
+                    reached.append(self.facts[reached[-1], r])
+                labels[row, -1 - len(reached):-1] = torch.tensor(reached)
+            batch["position_labels"] = labels
+        return batch
