@@ -114,3 +114,15 @@ def test_the_fixed_depth_baseline_of_a_task_depth_recipe():
     # the mean of the task's steps (8.5) and half the extra training steps (16 / 2)
     assert flags.model.core == "fixed" and flags.model.fixed_depth == round(8.5 + 8)
     assert flags.train.depth == "fixed" and flags.train.depth_extra == 0
+
+
+def test_task_options_on_the_command_line_go_over_the_recipes():
+    """A preset with task options of its own still takes --train.task-options KEY VALUE ...:
+    the given pairs are added to, or replace, the recipe's."""
+    from loopformer.train_cli import parse_train_flags
+
+    flags, _ = parse_train_flags(["--task", "composition", "--train.task-options",
+                                  "entity_targets", "True", "inferred_ratio", "3.6"])
+    assert flags.train.task_options == {"inferred_ratio": 3.6, "entity_targets": True}
+    flags, _ = parse_train_flags(["--task", "parity"])
+    assert flags.train.task_options == {"running_targets": True}

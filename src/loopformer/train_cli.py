@@ -101,8 +101,10 @@ def parse_train_flags(argv: list[str]) -> tuple[TrainFlags, set[str]]:
     early.add_argument("--config", type=Path)
     known, _ = early.parse_known_args(argv)
     model_cfg, train_cfg, task = base_configs(known.task, known.preset, known.config)
+    # An empty default keeps --train.task-options one free-form list of KEY VALUE pairs (tyro
+    # turns a non-empty dict into one flag per key); the given pairs go over the recipe's.
     defaults = TrainFlags(task=task, preset=known.preset, config=known.config, model=model_cfg,
-                          train=train_cfg)
+                          train=train_cfg.replace(task_options={}))
     messages = io.StringIO()
     try:
         with contextlib.redirect_stderr(messages):
@@ -115,6 +117,8 @@ def parse_train_flags(argv: list[str]) -> tuple[TrainFlags, set[str]]:
     if unknown:
         raise ValueError(f"unknown flag {unknown[0]!r} for `loopformer train`; "
                          "`loopformer train --help` lists every flag")
+    flags = replace(flags, train=flags.train.replace(
+        task_options={**train_cfg.task_options, **flags.train.task_options}))
     return apply_shorthands(flags, train_cfg), given_options(argv)
 
 
