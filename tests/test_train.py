@@ -11,7 +11,7 @@ from loopformer.training.config import TrainConfig
 from loopformer.training.depth import sample_depth
 from loopformer.training.recipes import GRAPH_MODEL, recipe
 from loopformer.training.run import load_run
-from loopformer.training.loss import loss_and_accuracy
+from loopformer.training.loss import fixed_point_weight_at, loss_and_accuracy
 from loopformer.model.observers import StepChange
 from loopformer.training.trainer import Trainer
 
@@ -145,6 +145,8 @@ def test_fixed_point_penalty_is_the_mean_relative_step_of_the_gradient_steps():
                for p in trainer.model.backbone.core.parameters())
     with pytest.raises(ValueError, match="fixed_point_weight"):
         small_config(fixed_point_weight=-1.0)
+    assert [fixed_point_weight_at(2.0, 4, u) for u in (0, 1, 3, 9)] == [0.5, 1.0, 2.0, 2.0]
+    assert fixed_point_weight_at(2.0, 0, 0) == 2.0
 
 
 def test_truncated_backprop_in_the_trainer(tmp_path):

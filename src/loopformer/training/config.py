@@ -65,6 +65,9 @@ class TrainConfig(DictConfig):
     fixed_point_weight: float = 0.0
     """Weight of the mean relative per-step state change ||s_t - s_(t-1)|| / ||s_t|| in the
     loss: states that settle once they hold their answer, instead of drifting (0 = off)."""
+    fixed_point_warmup: int = 0
+    """The fixed-point weight rises linearly from 0 over this many updates, so that the
+    penalty does not hold the states still before the model has learned to use them."""
     curriculum: bool = False
     """Start on the two easiest levels; add one once the hardest is solved."""
     curriculum_threshold: float = 0.95
@@ -113,7 +116,7 @@ class TrainConfig(DictConfig):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
         for name in ("seed", "warmup_updates", "weight_decay", "ponder_cost",
-                     "fixed_point_weight"):
+                     "fixed_point_weight", "fixed_point_warmup"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not all(0.0 <= b < 1.0 for b in self.betas):

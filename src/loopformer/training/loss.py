@@ -36,6 +36,12 @@ def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: 
     return loss, accuracy
 
 
+def fixed_point_weight_at(weight: float, warmup: int, update: int) -> float:
+    """The fixed-point penalty's weight at 0-based `update`: rising linearly to `weight` over
+    `warmup` updates (TrainConfig.fixed_point_warmup)."""
+    return weight * min(1.0, (update + 1) / max(warmup, 1))
+
+
 def position_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy at the positions with a target (labels != -100), averaged within each
     example first, so that micro-batches and processes weigh every example alike."""

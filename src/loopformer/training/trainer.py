@@ -28,7 +28,7 @@ from .checkpoint import (CheckpointError, full_state, has_checkpoint, load_check
 from .config import TrainConfig
 from .depth import sample_depth, sample_extra_steps
 from .device import autocast, has_fused_adamw
-from .loss import loss_and_accuracy
+from .loss import fixed_point_weight_at, loss_and_accuracy
 from .parallelize import (barrier, gradient_sync, join_world, parallelize, release_gathered,
                           sum_over_world)
 from .rundir import RunWriter
@@ -161,6 +161,8 @@ class Trainer:
         parts = micro_batches(batch, world.size * k)[mine]
         row_parts = torch.tensor_split(depth.rows, world.size * k)[mine] \
             if depth.rows is not None else None
+        fixed_point = fixed_point_weight_at(self.cfg.fixed_point_weight,
+                                            self.cfg.fixed_point_warmup, self.update)
         total_loss = total_acc = 0.0
         for i, part in enumerate(parts):
             if row_parts is not None:  # this micro-batch's own rows; every process and
@@ -172,8 +174,7 @@ class Trainer:
             with gradient_sync(self.train_model, enabled=i == len(parts) - 1):
                 with autocast(self.device, self.cfg.bf16):
                     loss, acc = loss_and_accuracy(self.train_model, part, depth, self.cfg.alpha,
-                                                  self.cfg.ponder_cost,
-                                                  self.cfg.fixed_point_weight)
+                                                  self.cfg.ponder_cost, fixed_point)
                 (loss * share * world.size).backward()
             total_loss, total_acc = total_loss + loss.detach() * share, total_acc + acc * share
         release_gathered(self.model)
