@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopformer.tasks import TASKS, make_task
-from loopformer.tasks.family import NAMES, relation_words
+from loopformer.tasks.family import NAMES, SELF, TARGET_OFFSETS, UNRELATED, relation_words
 from loopformer.tasks.graph import PAD_NODE
 
 
@@ -55,13 +55,17 @@ def test_graph_rejects_impossible_hops():
         make_task("graph").examples(1, [18], seed=0)
 
 
+def python_value(text: str) -> bool:
+    """The expression evaluated by Python (not > and > or, as in the task)."""
+    return eval(text.replace("T", " True ").replace("F", " False ").replace("&", " and ")
+                .replace("|", " or ").replace("!", " not "))
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10**6), depth=st.integers(1, 10))
 def test_logic_labels_match_python_eval(seed, depth):
     ex = make_task("logic").sample(depth, random.Random(seed))
-    python = (ex.text.replace("T", " True ").replace("F", " False ").replace("&", " and ")
-              .replace("|", " or ").replace("!", " not "))
-    assert eval(python) == bool(ex.label)  # Python: not > and > or, as in the task
+    assert python_value(ex.text) == bool(ex.label)
 
 
 def test_logic_depth_grows_and_labels_balance():
@@ -71,12 +75,11 @@ def test_logic_depth_grows_and_labels_balance():
     assert 0.4 < sum(e.label for e in deep) / 200 < 0.6
 
 
-def solve_family(words):
+def family_kinship(facts: str):
     """Kinship by CLUTRR's rules in a one-parent family tree, from the facts alone: parent
     links, sibling groups (union-find) sharing one parent, then a walk up from each end.
-    Returns (the stated relation holds, the true offset of A over B)."""
-    text = " ".join(words)
-    facts, query = text.rsplit(" . ", 1)
+    Returns offset(a, b): how many generations a is above b (negative: below, 0: siblings),
+    None where neither descends from the other."""
     group, parent_of = {}, {}
 
     def find(x):
@@ -103,14 +106,23 @@ def solve_family(words):
             x, k = up(x), k + 1
         return k if x == a and k else None
 
+    def offset(a, b):
+        if a != b and (find(a) == find(b) or up(a) is not None and up(a) == up(b)):
+            return 0  # a sibling fact chain, or one parent
+        if generations_above(a, b):
+            return generations_above(a, b)
+        below = generations_above(b, a)
+        return -below if below else None
+
+    return offset
+
+
+def solve_family(words):
+    """Returns (the stated relation holds, the true offset of A over B)."""
+    facts, query = " ".join(words).rsplit(" . ", 1)
     tokens = query.replace(" ?", "").split()
     a, b, relation = tokens[0], tokens[-1], tokens[3:-2]
-    if a != b and (find(a) == find(b) or up(a) is not None and up(a) == up(b)):
-        true = 0  # a sibling fact chain, or one parent
-    elif generations_above(a, b):
-        true = generations_above(a, b)
-    else:
-        true = -generations_above(b, a)  # fails (None) when a and b are not kin
+    true = family_kinship(facts)(a, b)
     size = 1 + relation.count("great") + relation.count("grand")
     stated = 0 if relation[-1] == "sibling" else size if relation[-1] == "parent" else -size
     return stated == true, true
@@ -133,14 +145,30 @@ def test_family_chain_needs_every_fact():
         text = " ".join(ex.words)
         facts, query = text.rsplit(" . ", 1)
         facts = facts.split(" . ")
-        needed = 0
-        for i in range(len(facts)):
-            rest = facts[:i] + facts[i + 1:]
-            try:
-                solve_family(" . ".join(rest + [query]).split())
-            except TypeError:  # a None offset: no longer kin
-                needed += 1
+        needed = sum(solve_family(" . ".join(facts[:i] + facts[i + 1:] + [query]).split())[1]
+                     is None for i in range(len(facts)))  # no longer kin without fact i
         assert needed == ex.complexity
+
+
+def test_family_relation_targets_are_kinship_to_a():
+    task = make_task("family", relation_targets=True)
+    examples = task.examples(40, [2, 4, 7], seed=5)
+    batch = task.collate(examples)
+    assert batch["position_labels"].shape == batch["input_ids"].shape
+    for row, ex in enumerate(examples):
+        facts = " ".join(ex.words).rsplit(" . ", 1)[0]
+        offset, a = family_kinship(facts), ex.words[len(ex.words) - ex.words[::-1].index(".")]
+        labels = batch["position_labels"][row, 1:1 + len(ex.words)].tolist()
+        for word, label in zip(ex.words, labels):
+            if word not in NAMES:
+                assert label == -100
+            elif word == a:
+                assert label == SELF
+            else:
+                true = offset(a, word)
+                assert label == (UNRELATED if true is None else TARGET_OFFSETS + true)
+        assert (batch["position_labels"][row, 1 + len(ex.words):] == -100).all()
+    assert "position_labels" not in make_task("family").collate(examples)
 
 
 def test_relation_words():
@@ -263,3 +291,18 @@ def test_composition_entity_targets_by_walking_the_facts():
     labels = task.collate([atomic, two_hop])["position_labels"].tolist()
     assert labels[0] == [-100, atomic.head, -100]
     assert labels[1] == [two_hop.head, task.facts[two_hop.head, two_hop.relations[0]], -100]
+
+
+def test_logic_length_mix_lengthens_training_only():
+    plain, mixed = make_task("logic"), make_task("logic", train_length_mix=1.0)
+    assert [e.text for e in plain.train_set(50, seed=3)] == \
+        [e.text for e in plain.examples(50, plain.train_complexities, seed=3)]
+    long_train = mixed.train_set(400, seed=3, complexities=[8])
+    short_train = plain.train_set(400, seed=3, complexities=[8])
+    assert {e.complexity for e in long_train} == {8}
+    assert sum(len(e.text) for e in long_train) > 1.5 * sum(len(e.text) for e in short_train)
+    assert all(python_value(ex.text) == bool(ex.label) for ex in long_train[:100])
+    assert [e.text for e in mixed.eval_set(8, 20, seed=3)] == \
+        [e.text for e in plain.eval_set(8, 20, seed=3)]
+    with pytest.raises(ValueError, match="train_length_mix"):
+        make_task("logic", train_length_mix=1.5)

@@ -103,13 +103,18 @@ def test_per_step_supervision_blends_every_step(tmp_path):
     torch.testing.assert_close(silent, ce[-1])
 
 
+def small_recipe_trainer(task: str, **task_options) -> Trainer:
+    """A 32-wide model of the task's quick recipe on 16 examples, batch 4, no run directory."""
+    model_cfg, cfg = recipe(task, "quick")
+    model_cfg = model_cfg.replace(d_model=32, n_heads=2, ffn_hidden=64)
+    cfg = cfg.replace(batch_size=4, train_examples=16, task_options=task_options)
+    return Trainer(model_cfg, cfg, None, progress=False)
+
+
 def test_position_labels_add_each_examples_mean_over_its_targets():
     """Parity's running targets: the loss adds, per example, the mean cross-entropy over the
     positions with a target (-100: none), then the mean over examples."""
-    model_cfg, cfg = recipe("parity", "quick")
-    model_cfg = model_cfg.replace(d_model=32, n_heads=2, ffn_hidden=64)
-    cfg = cfg.replace(batch_size=4, train_examples=16, task_options={"running_targets": True})
-    trainer = Trainer(model_cfg, cfg, None, progress=False)
+    trainer = small_recipe_trainer("parity", running_targets=True)
     batch = trainer.batch(0)
     out = trainer.model(batch, 3)
     answer = F.cross_entropy(out.logits[-1], batch["label"])
@@ -117,10 +122,24 @@ def test_position_labels_add_each_examples_mean_over_its_targets():
                    for logits, labels in zip(out.position_logits, batch["position_labels"])]
     loss, _ = loss_and_accuracy(trainer.model, batch, 3, alpha=0.0)
     torch.testing.assert_close(loss, answer + torch.stack(per_example).mean())
-    classifier = Trainer(SMALL_GRAPH, small_config(), None, progress=False)
-    batch = dict(classifier.batch(0), position_labels=torch.zeros(8, 3, dtype=torch.long))
+    graph = Trainer(SMALL_GRAPH, small_config(), None, progress=False)
+    batch = dict(graph.batch(0), position_labels=torch.zeros(8, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="no per-position readout"):
-        classifier.model(batch, 2)
+        graph.model(batch, 2)
+
+
+def test_a_classifier_task_with_position_targets_trains_its_position_head():
+    """Family's relation targets: a classifier gets a per-position head of the task's width,
+    and the loss trains it; without the option the model has no such head."""
+    trainer = small_recipe_trainer("family", relation_targets=True)
+    batch = trainer.batch(0)
+    out = trainer.model(batch, 2)
+    width = trainer.task.num_position_classes
+    assert out.position_logits.shape == (*batch["input_ids"].shape, width)
+    loss, _ = loss_and_accuracy(trainer.model, batch, 2, alpha=0.0)
+    loss.backward()
+    assert trainer.model.position_head.weight.grad.abs().sum() > 0
+    assert not hasattr(small_recipe_trainer("family").model, "position_head")
 
 
 def test_fixed_point_penalty_is_the_mean_relative_step_of_the_gradient_steps():

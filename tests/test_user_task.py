@@ -118,7 +118,8 @@ def test_the_fixed_depth_baseline_of_a_task_depth_recipe():
 
 def test_task_options_on_the_command_line_go_over_the_recipes():
     """A preset with task options of its own still takes --train.task-options KEY VALUE ...:
-    the given pairs are added to, or replace, the recipe's."""
+    the given pairs are added to, or replace, the recipe's; "true" and "false" are booleans
+    in any case."""
     from loopformer.train_cli import parse_train_flags
 
     flags, _ = parse_train_flags(["--task", "composition", "--train.task-options",
@@ -126,3 +127,7 @@ def test_task_options_on_the_command_line_go_over_the_recipes():
     assert flags.train.task_options == {"inferred_ratio": 3.6, "entity_targets": True}
     flags, _ = parse_train_flags(["--task", "parity"])
     assert flags.train.task_options == {"running_targets": True}
+    assert make_task("parity", running_targets="true").running_targets is True
+    assert make_task("parity", running_targets="False").running_targets is False
+    with pytest.raises(ValueError, match="running_targets"):
+        make_task("parity", running_targets="yes")

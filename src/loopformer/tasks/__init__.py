@@ -63,6 +63,8 @@ def make_task(name: str, **options) -> Task:
             raise ValueError(f"unknown option {key!r} for task {name!r}; its options: "
                              f"{sorted(params)}")
         default = params[key].default
+        if isinstance(default, bool) and str(value).lower() in ("true", "false"):
+            value = options[key] = str(value).lower() == "true"  # "true" from a command line
         if not _same_kind(value, default):
             raise ValueError(f"task option {key!r} of {name!r} takes a value like its default "
                              f"{default!r}, got {value!r}")

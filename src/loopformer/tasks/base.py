@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Collection, Hashable, Sequence
+from typing import Any, Callable, ClassVar, Collection, Hashable, Sequence
 
 import torch
 
@@ -27,6 +27,9 @@ class Task(ABC):
     vocab_size: int
     max_len: int
     num_classes: int  # output width of the readout (the vocabulary for "lm" tasks)
+    # width of a classifier's per-position readout, for tasks whose batches hold
+    # "position_labels" (0: none; "lm" tasks read positions with the LM head)
+    num_position_classes: int = 0
     train_complexities: tuple[int, ...]
     test_complexities: tuple[int, ...]
 
@@ -85,11 +88,14 @@ class Task(ABC):
         "ood" for composition), or None: one eval_set per complexity."""
         return None
 
-    def examples(self, n: int, complexities: Sequence[int], seed: int) -> list:
+    def examples(self, n: int, complexities: Sequence[int], seed: int,
+                 sample: Callable[[int, random.Random], Any] | None = None) -> list:
+        """n examples cycling through `complexities`, drawn by `sample` (default
+        self.sample) from one generator seeded with `seed`."""
         for c in complexities:
             self.check_complexity(c)
-        rng = random.Random(seed)
-        return [self.sample(complexities[i % len(complexities)], rng) for i in range(n)]
+        rng, sample = random.Random(seed), sample or self.sample
+        return [sample(complexities[i % len(complexities)], rng) for i in range(n)]
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -8,31 +8,51 @@ from the elder end one generation per parent fact, and may cross to a sibling af
 descent (a parent's children are all its children) or, for siblings, go up to the shared
 parent and down again; so A is an ancestor of B, a descendant, or a sibling, as CLUTRR's
 composition rules give it. Distractors are leaves attached to chain people (another child,
-another sibling) and facts among people outside the chain; they never shorten the chain.
+another sibling), each naming a new person; they never shorten the chain.
 
 The query "A is the R of B ?" states parent (+1 generation), grandparent (+2), great-grand-
 parent (+3, ...), child (-1), ..., or sibling (0). A negative's true relation lies 2 or 4
 generations from the stated one, and stated and true relations follow one law whatever the
-label: neither the query's words nor the chain's make-up alone tells the label. The text is classified from a CLS token with
-bidirectional attention (Chen 2026); the facts arrive shuffled.
+label. The text is classified from a CLS token with bidirectional attention (Chen 2026); the
+facts arrive shuffled.
+
+Version 3 closes two shortcuts of version 2 that read the label without following the chain
+(found by lookup-table probes, tests/test_task_leaks.py): the counts of parent/child and
+sibling facts (a chain of K facts from A down g generations has g vertical facts: with the
+stated relation, 0.69), and the roles of A and B in the facts (whether each has a stated
+parent, child or sibling: 0.91). Now the text holds K + 2 vertical and K + 2 sibling facts
+(distractors make up the rest, two of them on each of A and B), and examples are kept with the
+acceptance that makes both labels equally likely for every stated relation and roles of A and
+B (as logic balances its surfaces).
+
+`relation_targets` (a training signal, not in Chen 2026) labels every mention of a person with
+A's relation to that person (generations above, 0 for a sibling, "A itself", "no direct
+relation"), read by a per-position head: at step t, the people within t facts of A can know
+theirs, so a chain followed part of the way already lowers the loss.
 """
 
 from __future__ import annotations
 
+import functools
 import random
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 
 from .base import Task, cls_batch
 
-NAMES = [f"n{i}" for i in range(20)]
+NAMES = [f"n{i}" for i in range(40)]  # a chain of 12 facts and its distractors name <= 29
 WORDS = ["<pad>", "<cls>", "is", "the", "of", ".", "?", "parent", "child", "grand", "great",
          "sibling"]
 VOCAB = WORDS + NAMES
 TOKEN = {w: i for i, w in enumerate(VOCAB)}
 MAX_OFFSET = 12
 SHIFTS = (-4, -2, 2, 4)  # a negative's true offset minus the stated one
+# Per-position targets: A's offset over a person (|offset| <= 32: a chain and its leaves
+# span fewer generations), then "A itself" and "no direct relation".
+TARGET_OFFSETS = 32
+SELF, UNRELATED = 2 * TARGET_OFFSETS + 1, 2 * TARGET_OFFSETS + 2
 
 
 def relation_words(offset: int) -> list[str]:
@@ -49,6 +69,8 @@ class FamilyExample:
     words: list[str]  # facts, then the query ending in "?"
     label: int  # 1 = the stated relation holds
     complexity: int
+    # per word: the relation target of a name (see relation_targets), -100 for other words
+    targets: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
 
 def lineage(generations: int, facts: int, rng: random.Random) -> list[str]:
@@ -57,6 +79,96 @@ def lineage(generations: int, facts: int, rng: random.Random) -> list[str]:
     later = ["down"] * (generations - 1) + ["side"] * (facts - generations)
     rng.shuffle(later)
     return ["down"] + later
+
+
+class Tree:
+    """The family as its facts are drawn: sibling groups, each with one parent (a person, or
+    None while no fact names one)."""
+
+    def __init__(self, root: str):
+        self.group, self.parent, self.children = {}, [], {}  # children: a parent's group
+        self.add_root(root)
+
+    def add_root(self, person: str) -> None:
+        self.group[person] = len(self.parent)
+        self.parent.append(None)
+
+    def add(self, x: str, move: str, y: str) -> None:
+        """y, new, reached from x: "down" x's child, "up" x's parent, "side" x's sibling."""
+        if move == "side":
+            self.group[y] = self.group[x]
+        elif move == "up":
+            self.parent[self.group[x]] = y
+            self.children[y] = self.group[x]
+            self.add_root(y)
+        elif x in self.children:
+            self.group[y] = self.children[x]
+        else:
+            self.add_root(y)
+            self.parent[-1] = x
+            self.children[x] = self.group[y]
+
+    def has_parent(self, person: str) -> bool:
+        return self.parent[self.group[person]] is not None
+
+    def ancestors(self, person: str) -> list[str]:
+        line = []
+        while (person := self.parent[self.group[person]]) is not None:
+            line.append(person)
+        return line
+
+    def target(self, a: str, person: str) -> int:
+        """The relation target of `person`: A's offset over them as a class, SELF or
+        UNRELATED."""
+        if person == a:
+            return SELF
+        if self.group[a] == self.group[person]:
+            return TARGET_OFFSETS
+        above, below = self.ancestors(person), self.ancestors(a)
+        if a in above:
+            return TARGET_OFFSETS + above.index(a) + 1
+        if person in below:
+            return TARGET_OFFSETS - below.index(person) - 1
+        return UNRELATED
+
+
+def leaves(moves: list[str], tree: Tree, ends: tuple[str, str], unnamed: list[str],
+           rng: random.Random) -> list[list[str]]:
+    """Distractor facts, one per move, each naming a new person, so that none links two named
+    people. A "side" move makes the new person a sibling of someone named; a vertical one its
+    child, or, half the time where that person's sibling group has no parent yet, its parent.
+    The first four hang two at each end of the chain; then, one time in four while names
+    last, the anchor is a new person outside the chain, else someone named but the ends."""
+    facts = []
+    for i, move in enumerate(moves):
+        if i < 4:  # two at each end: A and B are then named in three facts, whatever the chain
+            anchor = ends[i % 2]
+        elif len(unnamed) >= 2 and rng.random() < 0.25:
+            anchor = unnamed.pop()
+            tree.add_root(anchor)
+        else:
+            anchor = rng.choice([person for person in tree.group if person not in ends])
+        person = unnamed.pop()
+        if move == "down" and not tree.has_parent(anchor) and rng.random() < 0.5:
+            move = "up"
+        facts.append(fact(anchor, move, person, rng))
+        tree.add(anchor, move, person)
+    return facts
+
+
+def surface(words: list[str]) -> tuple:
+    """What is read without following the chain: the stated relation, and for each of A and
+    B whether some fact makes them a parent, a child, a sibling."""
+    query = words[len(words) - words[::-1].index("."):]
+    a, b = query[0], query[-2]
+    roles = {a: [False] * 3, b: [False] * 3}
+    converse = {"parent": "child", "child": "parent", "sibling": "sibling"}
+    for i in range(0, len(words) - len(query), 7):
+        x, _, _, relation, _, y, _ = words[i:i + 7]  # "x is the parent of y ."
+        for person, role in ((x, relation), (y, converse[relation])):
+            if person in roles:
+                roles[person][("parent", "child", "sibling").index(role)] = True
+    return tuple(query[3:-3]), *roles[a], *roles[b]
 
 
 def sibling_path(facts: int, rng: random.Random) -> list[str]:
@@ -68,71 +180,98 @@ def sibling_path(facts: int, rng: random.Random) -> list[str]:
     return ["side"] * before + ["up", "down"] + ["side"] * (facts - 2 - before)
 
 
+def fact(x: str, move: str, y: str, rng: random.Random) -> list[str]:
+    """One fact for a move from x to y, in either of its phrasings."""
+    if move == "side":
+        first, second = (x, y) if rng.random() < 0.5 else (y, x)
+        return [first, "is", "the", "sibling", "of", second, "."]
+    parent, child = (x, y) if move == "down" else (y, x)
+    if rng.random() < 0.5:
+        return [parent, "is", "the", "parent", "of", child, "."]
+    return [child, "is", "the", "child", "of", parent, "."]
+
+
+def shifts(offset: int, facts: int) -> list[int]:
+    """The shifts that take `offset` to another offset a chain of `facts` facts can have."""
+    return [s for s in SHIFTS if abs(offset + s) <= min(facts, MAX_OFFSET)]
+
+
+def draw(complexity: int, rng: random.Random) -> FamilyExample:
+    """One text of a chain of `complexity` facts, before the balancing of its surface."""
+    # Offsets in reach, drawn in proportion to their number of shifts: the stationary law
+    # of the random walk "move by a random shift", so a negative's true offset (stated +
+    # shift) has the same law as the stated one and the query's words tell nothing.
+    reach = range(-complexity, complexity + 1)
+    stated = rng.choices(reach, [len(shifts(s, complexity)) for s in reach])[0]
+    positive = rng.random() < 0.5
+    true = stated if positive else stated + rng.choice(shifts(stated, complexity))
+    moves = sibling_path(complexity, rng) if true == 0 else \
+        lineage(abs(true), complexity, rng)
+    people = rng.sample(NAMES, len(NAMES))
+    chain, others = people[:complexity + 1], people[complexity + 1:]
+    tree = Tree(chain[0])
+    facts = []
+    for x, move, y in zip(chain, moves, chain[1:]):
+        facts.append(fact(x, move, y, rng))
+        tree.add(x, move, y)
+    # K + 2 vertical and K + 2 sibling facts in all, whatever the chain's make-up.
+    vertical = sum(move != "side" for move in moves)
+    extra = ["down"] * (complexity + 2 - vertical) + ["side"] * (2 + vertical)
+    rng.shuffle(extra)
+    facts += leaves(extra, tree, (chain[0], chain[-1]), others, rng)
+    rng.shuffle(facts)
+    a, b = (chain[0], chain[-1]) if true >= 0 else (chain[-1], chain[0])
+    words = [w for line in facts for w in line] + \
+        [a, "is", "the", *relation_words(stated), "of", b, "?"]
+    targets = tuple(tree.target(a, w) if w in tree.group else -100 for w in words)
+    return FamilyExample(words, int(positive), complexity, targets)
+
+
+@functools.cache  # one table per chain length, shared by every task object
+def acceptance(complexity: int) -> dict:
+    """Acceptance by (surface, label), from 20,000 free draws with a fixed seed."""
+    rng = random.Random(complexity)
+    counts = Counter((surface(ex.words), ex.label) for ex in
+                     (draw(complexity, rng) for _ in range(20_000)))
+    return {(face, label): min(counts[face, 0], counts[face, 1]) / count
+            for (face, label), count in counts.items()}
+
+
 class FamilyRelations(Task):
     name = "family"
     interface = "classifier"
-    version = 2  # 0.4: true kinship in a one-parent tree (label fix)
+    version = 3  # 0.4: true kinship in a one-parent tree (labels); 0.5: fact counts and roles
     vocab_size = len(VOCAB)
     num_classes = 2
 
     def __init__(self, train_complexities=(2, 3, 4, 5), test_complexities=tuple(range(2, 10)),
-                 max_len: int = 160):
+                 max_len: int = 256, relation_targets: bool = False):
         self.train_complexities = tuple(train_complexities)
         self.test_complexities = tuple(test_complexities)
         self.max_len = max_len
+        self.relation_targets = relation_targets
+        self.num_position_classes = UNRELATED + 1 if relation_targets else 0
 
     def check_complexity(self, complexity: int) -> None:
-        if not 1 <= complexity <= 12:
-            raise ValueError(f"task 'family': chain length must lie in [1, 12] (20 names: a "
-                             f"chain of K facts names K + 1, the rest are distractors), got "
-                             f"{complexity}")
-
-    @staticmethod
-    def shifts(offset: int, facts: int) -> list[int]:
-        """The shifts that take `offset` to another offset a chain of `facts` facts can have."""
-        return [s for s in SHIFTS if abs(offset + s) <= min(facts, MAX_OFFSET)]
+        if not 1 <= complexity <= MAX_OFFSET:
+            raise ValueError(f"task 'family': chain length must lie in [1, {MAX_OFFSET}] (the "
+                             f"relation words reach {MAX_OFFSET} generations), got {complexity}")
 
     def sample(self, complexity: int, rng: random.Random) -> FamilyExample:
-        # Offsets in reach, drawn in proportion to their number of shifts: the stationary law
-        # of the random walk "move by a random shift", so a negative's true offset (stated +
-        # shift) has the same law as the stated one. Neither the query's words nor the chain's
-        # make-up (K - |true| sibling facts) then tells the label.
-        reach = range(-min(complexity, MAX_OFFSET), min(complexity, MAX_OFFSET) + 1)
-        stated = rng.choices(reach, [len(self.shifts(s, complexity)) for s in reach])[0]
-        positive = rng.random() < 0.5
-        true = stated if positive else stated + rng.choice(self.shifts(stated, complexity))
-        moves = sibling_path(complexity, rng) if true == 0 else \
-            lineage(abs(true), complexity, rng)
-        people = rng.sample(NAMES, len(NAMES))
-        chain, others = people[:complexity + 1], people[complexity + 1:]
-        facts = [self.fact(x, move, y, rng) for x, move, y in zip(chain, moves, chain[1:])]
-        # Leaves: another child of a chain person, or another sibling of one; then facts
-        # among the people outside the chain. Each names a person not yet named.
-        for extra in others[:rng.randint(2, 4)]:
-            kind = rng.random()
-            if kind < 0.6:
-                facts.append(self.fact(rng.choice(chain), "down" if kind < 0.3 else "side",
-                                       extra, rng))
-            else:
-                facts.append(self.fact(rng.choice(others[4:]), rng.choice(("down", "side")),
-                                       extra, rng))
-        rng.shuffle(facts)
-        a, b = (chain[0], chain[-1]) if true >= 0 else (chain[-1], chain[0])
-        query = [a, "is", "the", *relation_words(stated), "of", b, "?"]
-        return FamilyExample([w for fact in facts for w in fact] + query, int(positive),
-                             complexity)
-
-    @staticmethod
-    def fact(x: str, move: str, y: str, rng: random.Random) -> list[str]:
-        """One fact for a move from x to y, in either of its phrasings."""
-        if move == "side":
-            first, second = (x, y) if rng.random() < 0.5 else (y, x)
-            return [first, "is", "the", "sibling", "of", second, "."]
-        parent, child = (x, y) if move == "down" else (y, x)
-        if rng.random() < 0.5:
-            return [parent, "is", "the", "parent", "of", child, "."]
-        return [child, "is", "the", "child", "of", parent, "."]
+        """A drawn text kept with probability min(P(surface, yes), P(surface, no)) /
+        P(surface, label), the surface being the stated relation and the roles of A and B."""
+        keep = acceptance(complexity)
+        while True:
+            example = draw(complexity, rng)
+            if rng.random() < keep.get((surface(example.words), example.label), 0.0):
+                return example
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
-        return cls_batch([[TOKEN[w] for w in ex.words] for ex in examples], examples,
-                         TOKEN["<cls>"])
+        batch = cls_batch([[TOKEN[w] for w in ex.words] for ex in examples], examples,
+                          TOKEN["<cls>"])
+        if self.relation_targets:  # after the CLS token, right-padded like the inputs
+            labels = torch.full_like(batch["input_ids"], -100)
+            for row, ex in enumerate(examples):
+                labels[row, 1:1 + len(ex.targets)] = torch.tensor(ex.targets)
+            batch["position_labels"] = labels
+        return batch

@@ -52,7 +52,8 @@ class TaskModel(nn.Module, ABC):
         """Coda features (B, T, d) -> logits (B, T, classes) at every position: what a batch's
         optional "position_labels" (per-position targets) are trained against."""
         raise ValueError(f"{type(self).__name__} has no per-position readout: a batch with "
-                         "\"position_labels\" needs the \"lm\" interface")
+                         "\"position_labels\" needs the \"lm\" interface, or a classifier "
+                         "task with num_position_classes > 0")
 
     def forward(self, batch: dict, num_steps, *, all_steps: bool = False,
                 generator: torch.Generator | None = None, exit_rule: ExitRule | None = None,
@@ -129,11 +130,13 @@ class GraphReasoner(TaskModel):
 class SequenceClassifier(TaskModel):
     """Token embeddings with a CLS token first; bidirectional attention; readout from CLS."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int):
+    def __init__(self, cfg: ModelConfig, num_classes: int, num_position_classes: int = 0):
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.backbone = Backbone(cfg)
         self.head = nn.Linear(cfg.d_model, num_classes)
+        if num_position_classes:  # a head for per-position targets (Task.num_position_classes)
+            self.position_head = nn.Linear(cfg.d_model, num_position_classes)
         init_weights(self, cfg.init_std)
 
     def embed_inputs(self, batch):
@@ -143,6 +146,11 @@ class SequenceClassifier(TaskModel):
 
     def readout(self, features, batch):
         return self.head(features[:, 0])
+
+    def position_readout(self, features):
+        if not hasattr(self, "position_head"):
+            return super().position_readout(features)
+        return self.position_head(features)
 
 
 class AnswerLM(TaskModel):
@@ -175,10 +183,14 @@ class TextLM(AnswerLM):
 
 def build_task_model(task: Task, cfg: ModelConfig) -> TaskModel:
     """The interface a task asks for, around a backbone built from `cfg`."""
+    if task.interface != "graph" and cfg.vocab_size < task.vocab_size:
+        raise ValueError(f"the model's vocabulary ({cfg.vocab_size}) is smaller than task "
+                         f"{task.name!r}'s ({task.vocab_size} tokens): set --model.vocab-size "
+                         f"{task.vocab_size}")
     if task.interface == "graph":
         return GraphReasoner(cfg, task.vocab_size)
     if task.interface == "classifier":
-        return SequenceClassifier(cfg, task.num_classes)
+        return SequenceClassifier(cfg, task.num_classes, task.num_position_classes)
     if task.interface == "lm":
         return AnswerLM(cfg)
     raise ValueError(f"task {task.name!r} asks for unknown interface {task.interface!r}")

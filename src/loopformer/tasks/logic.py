@@ -4,6 +4,12 @@ A depth-d expression is built recursively: a NOT of a depth d-1 expression, or a
 one operand has depth d-1 and whose sibling has depth k < d-1 drawn with weight 2^(d-1-k).
 It is printed with the fewest parentheses the precedence NOT > AND > OR allows. Labels are
 balanced 50/50 by rejection.
+
+Chen's weights keep the trained depths short (depth 8: 26 symbols at the median, 52 at the
+99th percentile; depth 14: 49 and 90), and a model trained on them fails at depth 14 by length,
+not by nesting (docs/results.md). `train_length_mix` draws that fraction of the training
+expressions with uniform sibling weights instead: the same depths, longer (depth 8: 47 and
+111). Evaluation always uses Chen's weights.
 """
 
 from __future__ import annotations
@@ -28,16 +34,17 @@ class LogicExample:
     complexity: int
 
 
-def build(depth: int, rng: random.Random):
-    """A random expression tree of exactly this nesting depth."""
+def build(depth: int, rng: random.Random, sibling_base: float = 2.0):
+    """A random expression tree of exactly this nesting depth; a sibling's depth k < depth - 1
+    has weight sibling_base^(depth-1-k) (2: Chen's; 1: uniform, longer expressions)."""
     if depth == 0:
         return rng.choice((True, False))
     op = rng.choice("!&|")
     if op == "!":
-        return ("!", build(depth - 1, rng))
-    weights = [2 ** (depth - 1 - k) for k in range(depth)]
-    sibling = build(rng.choices(range(depth), weights)[0], rng)
-    deep = build(depth - 1, rng)
+        return ("!", build(depth - 1, rng, sibling_base))
+    weights = [sibling_base ** (depth - 1 - k) for k in range(depth)]
+    sibling = build(rng.choices(range(depth), weights)[0], rng, sibling_base)
+    deep = build(depth - 1, rng, sibling_base)
     return (op, deep, sibling) if rng.random() < 0.5 else (op, sibling, deep)
 
 
@@ -89,43 +96,59 @@ class NestedLogic(Task):
     num_classes = 2
 
     def __init__(self, train_complexities=tuple(range(1, 9)),
-                 test_complexities=(2, 4, 6, 8, 10, 12, 14), max_len: int = 512):
+                 test_complexities=(2, 4, 6, 8, 10, 12, 14), max_len: int = 512,
+                 train_length_mix: float = 0.0):
+        if not 0.0 <= train_length_mix <= 1.0:
+            raise ValueError(f"logic: train_length_mix must lie in [0, 1] (the fraction of "
+                             f"training expressions drawn longer), got {train_length_mix}")
         self.train_complexities = tuple(train_complexities)
         self.test_complexities = tuple(test_complexities)
         self.max_len = max_len
-        self._accept: dict[int, dict] = {}
+        self.train_length_mix = train_length_mix
+        self._accept: dict[tuple, tuple] = {}
 
-    def sample(self, complexity: int, rng: random.Random) -> LogicExample:
+    def train_set(self, n: int, seed: int, complexities=None) -> list:
+        """As every task's, except that a train_length_mix fraction of the expressions have
+        uniform sibling weights (with no mix, the same examples as before the option)."""
+        mix = self.train_length_mix
+
+        def sample(complexity: int, rng: random.Random) -> LogicExample:
+            return self.sample(complexity, rng, 1.0 if mix and rng.random() < mix else 2.0)
+
+        return self.examples(n, complexities or self.train_complexities, seed, sample)
+
+    def sample(self, complexity: int, rng: random.Random,
+               sibling_base: float = 2.0) -> LogicExample:
         """A tree kept with probability min(P(surface, true), P(surface, false)) / P(surface,
         label): then both labels are equally likely whatever the surface. Without this,
         expressions with more T, more ORs or a T at an end are more often true, and the
         surface alone would predict the label."""
-        surface, keep = self._acceptance(complexity)
+        surface, keep = self._acceptance(complexity, sibling_base)
         while True:
-            tree = self._tree(complexity, rng)
+            tree = self._tree(complexity, rng, sibling_base)
             text, label = render(tree), evaluate(tree)
             if rng.random() < keep.get((surface(text), label), 0.0):
                 return LogicExample(text, int(label), complexity)
 
-    def _acceptance(self, depth: int) -> tuple:
+    def _acceptance(self, depth: int, sibling_base: float) -> tuple:
         """The surface used at this depth and the acceptance by (surface, label), from 6,000
         free draws with a fixed seed: the finest surface that keeps >= 30% of the draws."""
-        if depth not in self._accept:
+        if (depth, sibling_base) not in self._accept:
             rng = random.Random(depth)
-            drawn = [(render(tree), evaluate(tree))
-                     for tree in (self._tree(depth, rng) for _ in range(6000))]
+            drawn = [(render(tree), evaluate(tree)) for tree in
+                     (self._tree(depth, rng, sibling_base) for _ in range(6000))]
             for surface in SURFACES:
                 counts = Counter((surface(text), label) for text, label in drawn)
                 keep = {(face, label): min(counts[face, True], counts[face, False]) / count
                         for (face, label), count in counts.items()}
                 if sum(keep[key] * counts[key] for key in counts) >= 0.3 * len(drawn):
                     break
-            self._accept[depth] = surface, keep
-        return self._accept[depth]
+            self._accept[depth, sibling_base] = surface, keep
+        return self._accept[depth, sibling_base]
 
-    def _tree(self, depth: int, rng: random.Random):
+    def _tree(self, depth: int, rng: random.Random, sibling_base: float):
         while True:
-            tree = build(depth, rng)
+            tree = build(depth, rng, sibling_base)
             if len(render(tree)) + 1 <= self.max_len:
                 return tree
 

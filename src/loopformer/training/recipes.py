@@ -27,7 +27,8 @@ SEQUENCE_MODEL = ModelConfig(d_model=128, n_heads=4, ffn_hidden=256, n_prelude=1
 # Family text: the core block alone, as in the graph model (no prelude or coda), so that the
 # answer can only come from the loop; with a prelude and a coda the 0.3 model solved what one
 # pass can and left the core near the identity (docs/results.md).
-FAMILY_MODEL = SEQUENCE_MODEL.replace(vocab_size=32, causal=False, n_prelude=0, n_coda=0)
+FAMILY_MODEL = SEQUENCE_MODEL.replace(vocab_size=52, causal=False, n_prelude=0, n_coda=0,
+                                      max_seq_len=256)
 # Chains: the core alone (see the recipe) with a one-token attention window: a step reads its
 # left neighbour only, and no distance longer than in training appears on longer chains
 # (without a window the model solved 9 hops and failed from 10; with a window of 2, 12 hops

@@ -30,6 +30,11 @@ def load_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
     return model_cfg, train_cfg
 
 
+def recorded_task_version(run_dir: Path) -> int:
+    """The version of its task's generator a run was started on (1 before runs recorded it)."""
+    return json.loads((Path(run_dir) / "config.json").read_text()).get("task_version", 1)
+
+
 def load_run(run_dir: Path) -> tuple[Task, TaskModel, ModelConfig, TrainConfig]:
     """A trained run for evaluation: its task, model (newest weights) and configs. Reads
     config.json and model.safetensors only, never the trainer state."""
@@ -38,7 +43,17 @@ def load_run(run_dir: Path) -> tuple[Task, TaskModel, ModelConfig, TrainConfig]:
         raise CheckpointError(f"{run_dir} is a language model (task 'text'): evaluate it with "
                               "`loopformer perplexity`")
     task = make_task(train_cfg.task, **train_cfg.task_options)
-    model = build_task_model(task, model_cfg)
+    trained_on = recorded_task_version(run_dir)
+    try:
+        model = build_task_model(task, model_cfg)
+    except ValueError as error:
+        if trained_on == task.version:
+            raise
+        raise CheckpointError(f"{run_dir} was trained on version {trained_on} of task "
+                              f"{task.name!r}, whose generator is now version {task.version}, "
+                              f"and the model cannot read the new examples ({error}); its "
+                              "weights are intact, and a run on the new version needs training"
+                              ) from None
     load_weights(run_dir, model, model_cfg.to_dict())
     return task, model.eval(), model_cfg, train_cfg
 

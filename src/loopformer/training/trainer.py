@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -31,6 +30,7 @@ from .device import autocast, has_fused_adamw
 from .loss import fixed_point_weight_at, loss_and_accuracy
 from .parallelize import (barrier, gradient_sync, join_world, parallelize, release_gathered,
                           sum_over_world)
+from .run import recorded_task_version
 from .rundir import RunWriter
 from .sources import make_source
 
@@ -259,7 +259,7 @@ class Trainer:
 
 def warn_if_task_changed(out: Path, source) -> None:
     """A run resumed after its task's generator changed draws the new examples: say so."""
-    stored = json.loads((out / "config.json").read_text()).get("task_version", 1)
+    stored = recorded_task_version(out)
     current = source.record().get("task_version", 1)
     if stored != current:
         print(f"note: the generator of task {source.task.name!r} changed since {out} started "
