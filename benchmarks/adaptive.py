@@ -1,7 +1,8 @@
 """Wall time of adaptive depth (an exit criterion) against the fixed depth that reaches the
 same accuracy, on a trained run: for a text run prefill and token-by-token decoding, for a task
-run one forward over a shuffled mix of its held-out complexities (exited examples leave the
-batch), at batch 1 and 16.
+run a shuffled mix of its held-out complexities in batches (exited examples leave the batch)
+and streamed (continuous batching: an exited example's row goes to the next one at once), at
+batch 1 and 16.
 
 Accuracy is next-token top-1 accuracy on validation windows. The matched fixed depth is the
 smallest step count whose accuracy is at least the adaptive one's. Decoding is teacher-forced
@@ -28,6 +29,7 @@ import torch
 
 from loopformer import KVCache
 from loopformer.evaluation.scoring import is_correct
+from loopformer.evaluation.streaming import stream_answers
 from loopformer.model.exits import ExitRule
 from loopformer.training.run import load_config, load_run, training_keys
 
@@ -137,6 +139,14 @@ def answer_accuracy(model, batches: list[dict], steps: int, rule: ExitRule | Non
     return correct / n, spent / n
 
 
+@torch.no_grad()
+def streamed_accuracy(model, batch: dict, rule: ExitRule, max_steps: int, width: int):
+    """Accuracy and mean steps per example with continuous batching: `width` rows in the
+    loop, an exited example's row taken by the next one at once."""
+    logits, steps = stream_answers(model, batch, rule, max_steps, width)
+    return float(is_correct(logits, batch["label"]).float().mean()), float(steps.float().mean())
+
+
 def task_main(args) -> None:
     task, model, _, train_cfg = load_run(args.run)
     exclude = training_keys(task, train_cfg)
@@ -151,6 +161,7 @@ def task_main(args) -> None:
     print(f"{args.run}: {len(examples)} held-out examples of complexities "
           f"{list(complexities)}, mixed; {torch.get_num_threads()} threads")
     everything = batches(256)
+    whole = task.collate(examples)
     by_depth = {t: answer_accuracy(model, everything, t, None)[0]
                 for t in range(1, args.max_steps + 1)}
     print("fixed depth accuracy: " + ", ".join(f"{t}: {a:.4f}" for t, a in by_depth.items()))
@@ -163,14 +174,16 @@ def task_main(args) -> None:
               f"example; fixed depth of equal accuracy: {matched}", flush=True)
         for size in args.batch:
             part = batches(size)
-            settings = {f"fixed {matched}": (matched, None),
-                        f"{args.criterion} < {rule.threshold}": (args.max_steps, rule)}
-            results = {name: answer_accuracy(model, part, *how) for name, how in settings.items()}
+            name = f"{args.criterion} < {rule.threshold}"
+            settings = {f"fixed {matched}": lambda: answer_accuracy(model, part, matched, None),
+                        name: lambda: answer_accuracy(model, part, args.max_steps, rule),
+                        f"{name}, streamed": lambda: streamed_accuracy(
+                            model, whole, rule, args.max_steps, size)}
+            results = {name: run() for name, run in settings.items()}
             times = {name: [] for name in settings}
             for _ in range(args.repeats):  # in turns, so that the machine's drift cancels
-                for name, how in settings.items():
-                    times[name].append(measure(lambda: answer_accuracy(model, part, *how),
-                                               repeats=1, warmup=0)["median_s"])
+                for name, run in settings.items():
+                    times[name].append(measure(run, repeats=1, warmup=0)["median_s"])
             fixed_s = statistics.median(times[f"fixed {matched}"])
             for name, (accuracy_here, spent) in results.items():
                 median_s = statistics.median(times[name])

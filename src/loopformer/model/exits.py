@@ -88,18 +88,22 @@ class ExitObserver(StepObserver):
         self.rule, self.probe = rule, probe
         self.by_token = per_token or not rule.needs_logits
         self.active = token_mask.clone()  # padding never runs
-        self.token_steps = torch.zeros_like(token_mask, dtype=torch.long)
+        self.running = int(self.active.sum())  # how many run; counted again when some stop
+        self.stopped_after = torch.zeros_like(token_mask, dtype=torch.long)  # for finish
         self.judged = None  # the (B, T) tokens or (B,) rows the records cover; None: all
         self.count = -1  # how many the records cover
-        self.prev_state = self.prev_p = self.prev_neg_entropy = self.prev_argmax = None
-        self.stable = None  # steps for which the argmax has not changed
+        self.prev_state = self.record = None  # the previous step's state / readout record
 
     def start(self, state, depth):
-        return self.active
+        return self.mask()
+
+    def mask(self) -> torch.Tensor | None:
+        """The running tokens; None while every token runs, which spares the loop its
+        freezing and bookkeeping (a step's fixed cost matters at small sizes)."""
+        return None if self.running == self.active.numel() else self.active
 
     def observe(self, step, state):
-        self.token_steps += self.active.long()
-        running = int(self.active.sum())  # one host sync per step
+        running = self.running
         if running == 0:  # all stopped (with autograd the loop goes on)
             return self.active
         rows = judged = None  # None: every row / everything is judged
@@ -109,17 +113,22 @@ class ExitObserver(StepObserver):
             if len(rows) == len(row_mask):
                 rows = None
             if self.by_token:
-                judged = self.active.clone()
+                judged = self.active
             elif rows is not None:
                 judged = row_mask
         count = running if self.by_token else (len(self.active) if rows is None else len(rows))
         done = self.converged(state, rows, judged, count, step)
         if done is not None and step + 1 >= self.rule.min_steps:
-            self.active &= ~(done if done.dim() == 2 else done[:, None])
-        return self.active
+            before = self.active
+            self.active = before & ~(done if done.dim() == 2 else done[:, None])
+            self.running = int(self.active.sum())  # one host sync per step
+            if self.running < running:  # these ran steps 0 .. step
+                self.stopped_after.masked_fill_(before & ~self.active, step + 1)
+        return self.mask()
 
     def finish(self, out: CoreOutput) -> None:
-        out.token_steps = self.token_steps
+        # Tokens still running ran every step of the loop; padding ran none.
+        out.token_steps = torch.where(self.active, out.steps, self.stopped_after)
 
     @torch.no_grad()
     def converged(self, state: torch.Tensor, rows: torch.Tensor | None,
@@ -138,25 +147,9 @@ class ExitObserver(StepObserver):
             part = state if rows is None else state[rows]
             running = None if judged is None else self.active if rows is None else \
                 self.active[rows]
-            logp = torch.log_softmax(self.probe(part, rows, running).float(), dim=-1)
-            p = logp.exp()
-            neg_entropy = _dot(p, logp)
-            if step > 0 and rule.criterion in ("kl", "kl-entropy"):
-                # KL(p_{t-1} || p_t) = sum p_{t-1} log p_{t-1} - sum p_{t-1} log p_t: two dot
-                # products instead of a pass over every difference.
-                kl = (prev(self.prev_neg_entropy) - _dot(prev(self.prev_p), logp)).clamp_min(0)
-                done = kl < rule.threshold
-                if rule.criterion == "kl-entropy":
-                    done &= -neg_entropy < rule.exit_entropy
-            elif step > 0 and rule.criterion == "entropy-diff":
-                done = (prev(self.prev_neg_entropy) - neg_entropy).abs() < rule.threshold
-            if rule.criterion == "argmax-stability":
-                argmax = logp.argmax(-1)
-                self.stable = torch.zeros_like(argmax) if step == 0 else torch.where(
-                    argmax == prev(self.prev_argmax), prev(self.stable) + 1, 0)
-                done = None if step == 0 else self.stable >= rule.threshold
-                self.prev_argmax = argmax
-            self.prev_p, self.prev_neg_entropy = p, neg_entropy
+            logp = torch.log_softmax(self.probe(part, rows, running), -1, dtype=torch.float32)
+            earlier = None if step == 0 else {k: prev(v) for k, v in self.record.items()}
+            done, self.record = judge_readout(rule, logp, earlier)
         else:
             s = (state if judged is None else state[judged]).float()
             if step > 0:
@@ -173,6 +166,29 @@ class ExitObserver(StepObserver):
         return torch.zeros_like(judged).index_put((judged,), done)
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Sum over the last dim of a * b in one batched matmul."""
-    return (a.unsqueeze(-2) @ b.unsqueeze(-1))[..., 0, 0]
+def judge_readout(rule: ExitRule, logp: torch.Tensor,
+                  earlier: dict | None) -> tuple[torch.Tensor | None, dict]:
+    """One step of a criterion on the readout: `logp` the log-probabilities of the judged
+    items (..., classes), `earlier` their record from the previous step (None: this is their
+    first). Returns which may stop (None at the first step) and this step's record."""
+    p = logp.exp()
+    neg_entropy = torch.linalg.vecdot(p, logp)
+    record = {"p": p, "neg_entropy": neg_entropy}
+    done = None
+    if rule.criterion == "argmax-stability":
+        argmax = logp.argmax(-1)
+        record["argmax"] = argmax
+        # steps for which the argmax has not changed
+        record["stable"] = torch.zeros_like(argmax) if earlier is None else torch.where(
+            argmax == earlier["argmax"], earlier["stable"] + 1, 0)
+        done = None if earlier is None else record["stable"] >= rule.threshold
+    elif earlier is not None and rule.criterion in ("kl", "kl-entropy"):
+        # KL(p_{t-1} || p_t) = sum p_{t-1} log p_{t-1} - sum p_{t-1} log p_t: two dot products
+        # instead of a pass over every difference.
+        kl = (earlier["neg_entropy"] - torch.linalg.vecdot(earlier["p"], logp)).clamp_min(0)
+        done = kl < rule.threshold
+        if rule.criterion == "kl-entropy":
+            done &= -neg_entropy < rule.exit_entropy
+    elif earlier is not None:  # entropy-diff
+        done = (earlier["neg_entropy"] - neg_entropy).abs() < rule.threshold
+    return done, record
