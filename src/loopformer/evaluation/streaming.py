@@ -17,7 +17,7 @@ import torch
 from ..model.core import RecurrentCore
 from ..model.exits import ExitRule, judge_readout
 from ..model.injection import init_state
-from ..tasks.interfaces import TaskModel, _rows_of
+from ..tasks.interfaces import TaskModel, batch_rows
 
 
 @torch.no_grad()
@@ -33,39 +33,49 @@ def stream_answers(model: TaskModel, batch: dict, rule: ExitRule, max_steps: int
     x, ctx = model.embed_inputs(batch)
     e = backbone.encode(x, ctx)
     injected = core.injection.prepare(e)
-    state = init_state(cfg.state_init, e, cfg.noise_std, generator)
-    n = len(state)
-    steps = torch.zeros(n, dtype=torch.long, device=state.device)
-    answers = records = None  # (N, classes) logits at exit; the readout records by example
+    first = init_state(cfg.state_init, e, cfg.noise_std, generator)
+    n, device = len(first), first.device
+    answers, spent = None, torch.zeros(n, dtype=torch.long, device=device)
     step_codes: dict[int, torch.Tensor] = {}  # step embeddings by step index
-    live, waiting = torch.arange(min(width, n), device=state.device), min(width, n)
-    while len(live):
+    # The pool: row i holds example slot[i], at its own step; records: the readout's last.
+    slot = torch.arange(min(width, n), device=device)
+    waiting = len(slot)
+    s, inj, steps, records = first[slot], injected[slot], torch.zeros_like(slot), None
+    slot_ctx, slot_batch = ctx.select_rows(slot), batch_rows(batch, slot, n)
+    while len(slot):
         p = None  # the step embedding, per row: rows are at different steps
         if cfg.step_embedding != "none":
-            row_steps = steps[live].tolist()
+            row_steps = steps.tolist()
             for t in set(row_steps) - step_codes.keys():
-                step_codes[t] = core.step_embedding(t, state)
+                step_codes[t] = core.step_embedding(t, s)
             p = torch.stack([step_codes[t] for t in row_steps])[:, None, :]
-        s_live = core(state[live], injected[live], p, ctx.select_rows(live))
-        state[live] = s_live
-        steps[live] += 1
-        logits = model.readout(*_rows_of(backbone.decode, s_live, ctx, batch, live))
+        s = core(s, inj, p, slot_ctx)
+        steps += 1
+        logits = model.readout(backbone.decode(s, slot_ctx), slot_batch)
         logp = torch.log_softmax(logits, -1, dtype=torch.float32)
-        if records is None:
+        done, records = judge_readout(rule, logp, records)
+        if answers is None:  # the first step of the first rows
             answers = logits.new_zeros(n, logits.shape[-1])
-            # (an argmax of -1 matches none: a first step starts the count of stable steps)
-            records = {k: v.new_full((n, *v.shape[1:]), -1 if k == "argmax" else 0) for k, v
-                       in judge_readout(rule, logp, None)[1].items()}
-        started = steps[live] > 1  # rows past their first step have an earlier record
-        done, record = judge_readout(rule, logp, {k: v[live] for k, v in records.items()})
-        for k, v in record.items():
-            records[k][live] = v
-        done = started & done & (steps[live] >= rule.min_steps) | (steps[live] >= max_steps)
-        answers[live[done]] = logits[done]
-        refill = torch.arange(waiting, min(waiting + int(done.sum()), n), device=live.device)
-        waiting += len(refill)
-        live = torch.cat((live[~done], refill))
-    return answers, steps
+            done = torch.zeros_like(steps, dtype=torch.bool)
+        # A row's first step has no earlier record to be judged against.
+        done = done & (steps > 1) & (steps >= rule.min_steps) | (steps >= max_steps)
+        if not done.any():  # one host sync per step
+            continue
+        answers[slot[done]], spent[slot[done]] = logits[done], steps[done]
+        free = done.nonzero().squeeze(1)
+        refill, drop = free[:n - waiting], free[n - waiting:]
+        if len(refill):  # the next examples take these rows, at their first step
+            slot[refill] = torch.arange(waiting, waiting + len(refill), device=device)
+            waiting += len(refill)
+            s[refill], inj[refill], steps[refill] = first[slot[refill]], injected[slot[refill]], 0
+            for key, record in records.items():  # an argmax of -1 matches none
+                record[refill] = -1 if key == "argmax" else 0
+        if len(drop):  # nothing left to wait: the pool shrinks
+            keep = torch.ones_like(done).index_fill_(0, drop, False)
+            slot, s, inj, steps = slot[keep], s[keep], inj[keep], steps[keep]
+            records = {key: record[keep] for key, record in records.items()}
+        slot_ctx, slot_batch = ctx.select_rows(slot), batch_rows(batch, slot, n)
+    return answers, spent
 
 
 def check_streamable(model: TaskModel, rule: ExitRule) -> None:

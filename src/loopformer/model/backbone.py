@@ -46,7 +46,9 @@ class Backbone(nn.Module):
 
     def decode(self, state: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """The coda and final norm: a core state -> features for the task readout."""
-        return self.final_norm(self.coda(state, ctx.at("coda", 0, len(self.coda))))
+        if len(self.coda):  # (an exit probe decodes every step: no empty call then)
+            state = self.coda(state, ctx.at("coda", 0, len(self.coda)))
+        return self.final_norm(state)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, depth: Depth, *,
                 all_steps: bool = False, observers: Sequence[StepObserver] = (),

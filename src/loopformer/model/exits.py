@@ -18,6 +18,7 @@ state); the two latent criteria need no readout. A stopped token keeps its state
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -117,20 +118,20 @@ class ExitObserver(StepObserver):
             elif rows is not None:
                 judged = row_mask
         count = running if self.by_token else (len(self.active) if rows is None else len(rows))
-        done = self.converged(state, rows, judged, count, step)
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+            done = self.converged(state, rows, judged, count, step)
         if done is not None and step + 1 >= self.rule.min_steps:
-            before = self.active
-            self.active = before & ~(done if done.dim() == 2 else done[:, None])
-            self.running = int(self.active.sum())  # one host sync per step
-            if self.running < running:  # these ran steps 0 .. step
-                self.stopped_after.masked_fill_(before & ~self.active, step + 1)
+            stopping = self.active & (done if done.dim() == 2 else done[:, None])
+            if stopping.any():  # one host sync per step
+                self.active = self.active & ~stopping
+                self.running = int(self.active.sum())
+                self.stopped_after.masked_fill_(stopping, step + 1)  # ran steps 0 .. step
         return self.mask()
 
     def finish(self, out: CoreOutput) -> None:
         # Tokens still running ran every step of the loop; padding ran none.
         out.token_steps = torch.where(self.active, out.steps, self.stopped_after)
 
-    @torch.no_grad()
     def converged(self, state: torch.Tensor, rows: torch.Tensor | None,
                   judged: torch.Tensor | None, count: int, step: int) -> torch.Tensor | None:
         """Record step t for what is judged: the running tokens ((B, T) mask) or the rows

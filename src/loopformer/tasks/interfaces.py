@@ -91,10 +91,13 @@ def _rows_of(decode, state: torch.Tensor, ctx: AttentionContext, batch: dict,
     """Coda features of the batch rows `rows` (None: all) and those rows of the batch."""
     if rows is None:
         return decode(state, ctx), batch
-    size = ctx.token_mask.shape[0]
-    part = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == size
+    return decode(state, ctx.select_rows(rows)), batch_rows(batch, rows, ctx.token_mask.shape[0])
+
+
+def batch_rows(batch: dict, rows: torch.Tensor, size: int) -> dict:
+    """These rows of every per-example tensor of `batch` (of `size` examples)."""
+    return {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == size
             else v for k, v in batch.items()}
-    return decode(state, ctx.select_rows(rows)), part
 
 
 class GraphReasoner(TaskModel):
