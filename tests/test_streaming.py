@@ -59,3 +59,21 @@ def test_streaming_says_what_it_cannot_run():
     _, with_adapters, _ = chains_model(step_lora_rank=2)
     with pytest.raises(ValueError, match="step_lora_rank"):
         stream_answers(with_adapters, batch, ExitRule("kl"), 8)
+
+
+@pytest.mark.parametrize("name", ["graph", "logic"])  # pair readout; CLS classifier
+def test_other_interfaces_stream_as_they_run_alone(name):
+    task = make_task(name)
+    torch.manual_seed(0)
+    model = build_task_model(task, recipe(name, "quick")[0].replace(
+        d_model=32, n_heads=2, ffn_hidden=64, layer_scale_init=None, init_std=0.3)).eval()
+    rng, levels = random.Random(0), task.train_complexities
+    examples = [task.sample(levels[i % len(levels)], rng) for i in range(9)]
+    rule = ExitRule("kl", 3e-3)
+    logits, steps = stream_answers(model, task.collate(examples), rule, max_steps=9, width=3)
+    for i, example in enumerate(examples):
+        with torch.no_grad():
+            alone = model(task.collate([example]), 9, exit_rule=rule)
+        assert int(steps[i]) == int(alone.steps[0]), i
+        torch.testing.assert_close(logits[i], alone.logits[-1][0], rtol=1e-4, atol=1e-5)
+    assert len(set(steps.tolist())) > 1

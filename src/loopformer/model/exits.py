@@ -120,12 +120,12 @@ class ExitObserver(StepObserver):
         count = running if self.by_token else (len(self.active) if rows is None else len(rows))
         with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
             done = self.converged(state, rows, judged, count, step)
-        if done is not None and step + 1 >= self.rule.min_steps:
+        # `done` holds True only for what was judged, which runs: one host sync per step
+        if done is not None and step + 1 >= self.rule.min_steps and done.any():
             stopping = self.active & (done if done.dim() == 2 else done[:, None])
-            if stopping.any():  # one host sync per step
-                self.active = self.active & ~stopping
-                self.running = int(self.active.sum())
-                self.stopped_after.masked_fill_(stopping, step + 1)  # ran steps 0 .. step
+            self.active = self.active & ~stopping
+            self.running = int(self.active.sum())
+            self.stopped_after.masked_fill_(stopping, step + 1)  # these ran steps 0 .. step
         return self.mask()
 
     def finish(self, out: CoreOutput) -> None:
