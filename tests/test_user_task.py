@@ -119,7 +119,7 @@ def test_the_fixed_depth_baseline_of_a_task_depth_recipe():
 def test_task_options_on_the_command_line_go_over_the_recipes():
     """A preset with task options of its own still takes --train.task-options KEY VALUE ...:
     the given pairs are added to, or replace, the recipe's; "true" and "false" are booleans
-    in any case."""
+    in any case, and a list-valued option takes numbers separated by commas."""
     from loopformer.train_cli import parse_train_flags
 
     flags, _ = parse_train_flags(["--task", "composition", "--train.task-options",
@@ -131,3 +131,11 @@ def test_task_options_on_the_command_line_go_over_the_recipes():
     assert make_task("parity", running_targets="False").running_targets is False
     with pytest.raises(ValueError, match="running_targets"):
         make_task("parity", running_targets="yes")
+    # list-valued options: numbers separated by commas
+    flags, _ = parse_train_flags(["--task", "family", "--train.task-options",
+                                  "train_complexities", "1,2,3"])
+    task = make_task("family", **flags.train.task_options)
+    assert task.train_complexities == (1, 2, 3)
+    assert make_task("family", train_complexities="[4, 5]").train_complexities == (4, 5)
+    with pytest.raises(ValueError, match="numbers separated by commas"):
+        make_task("family", train_complexities="two,three")

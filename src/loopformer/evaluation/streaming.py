@@ -7,7 +7,8 @@ the loop runs about sum(steps) / width times instead of (number of batches) x (d
 
 Every example is computed exactly as a batch of its own with the same exit rule: rows never
 attend to each other, an example's steps are counted from its own start, and it stops when the
-rule (judged on its own readout) says so or after `max_steps`.
+rule (judged on its own readout) says so or after `max_steps`. (With state_init="noise" its
+initial state is a different draw than alone.)
 """
 
 from __future__ import annotations

@@ -149,7 +149,8 @@ class ExitObserver(StepObserver):
             running = None if judged is None else self.active if rows is None else \
                 self.active[rows]
             logp = torch.log_softmax(self.probe(part, rows, running), -1, dtype=torch.float32)
-            earlier = None if step == 0 else {k: prev(v) for k, v in self.record.items()}
+            earlier = None if step == 0 else self.record if count == before else \
+                {k: prev(v) for k, v in self.record.items()}
             done, self.record = judge_readout(rule, logp, earlier)
         else:
             s = (state if judged is None else state[judged]).float()

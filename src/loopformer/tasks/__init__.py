@@ -65,10 +65,23 @@ def make_task(name: str, **options) -> Task:
         default = params[key].default
         if isinstance(default, bool) and str(value).lower() in ("true", "false"):
             value = options[key] = str(value).lower() == "true"  # "true" from a command line
+        if isinstance(default, (tuple, list)) and isinstance(value, str):
+            value = options[key] = _numbers(key, value)  # "1,2,3" from a command line
         if not _same_kind(value, default):
             raise ValueError(f"task option {key!r} of {name!r} takes a value like its default "
                              f"{default!r}, got {value!r}")
     return cls(**options)
+
+
+def _numbers(key: str, text: str) -> tuple:
+    """"1,2,3" or "[1, 2, 3]" -> (1, 2, 3): a list-valued option given on a command line."""
+    items = [item.strip() for item in text.strip().strip("[]()").split(",")]
+    try:
+        return tuple(float(item) if any(c in item for c in ".eE") else int(item)
+                     for item in items)
+    except ValueError:
+        raise ValueError(f"task option {key!r} takes numbers separated by commas, e.g. "
+                         f"'2,3,4,5'; got {text!r}") from None
 
 
 def _same_kind(value, default) -> bool:
