@@ -28,17 +28,24 @@ def chains_model(**changes):
     return task, build_task_model(task, cfg).eval(), examples
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.criterion}-{r.min_steps}")
-@pytest.mark.parametrize("step_embedding", ["none", "learned"])
-def test_each_example_streams_as_it_runs_alone(rule, step_embedding):
-    task, model, examples = chains_model(step_embedding=step_embedding)
+def assert_streams_as_alone(task, model, examples, rule: ExitRule) -> torch.Tensor:
+    """Streamed 3 rows at a time, each example gets the steps and logits it gets alone; the
+    examples stop at different steps (else the test would not see rows being refilled)."""
     logits, steps = stream_answers(model, task.collate(examples), rule, max_steps=9, width=3)
     for i, example in enumerate(examples):
         with torch.no_grad():
             alone = model(task.collate([example]), 9, exit_rule=rule)
         assert int(steps[i]) == int(alone.steps[0]), i
         torch.testing.assert_close(logits[i], alone.logits[-1][0], rtol=1e-4, atol=1e-5)
-    assert len(set(steps.tolist())) > 1  # the examples stopped at different steps
+    assert len(set(steps.tolist())) > 1
+    return steps
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.criterion}-{r.min_steps}")
+@pytest.mark.parametrize("step_embedding", ["none", "learned"])
+def test_each_example_streams_as_it_runs_alone(rule, step_embedding):
+    task, model, examples = chains_model(step_embedding=step_embedding)
+    steps = assert_streams_as_alone(task, model, examples, rule)
     assert int(steps.min()) >= rule.min_steps and int(steps.max()) <= 9
 
 
@@ -70,10 +77,4 @@ def test_other_interfaces_stream_as_they_run_alone(name):
     rng, levels = random.Random(0), task.train_complexities
     examples = [task.sample(levels[i % len(levels)], rng) for i in range(9)]
     rule = ExitRule("kl", 3e-3)
-    logits, steps = stream_answers(model, task.collate(examples), rule, max_steps=9, width=3)
-    for i, example in enumerate(examples):
-        with torch.no_grad():
-            alone = model(task.collate([example]), 9, exit_rule=rule)
-        assert int(steps[i]) == int(alone.steps[0]), i
-        torch.testing.assert_close(logits[i], alone.logits[-1][0], rtol=1e-4, atol=1e-5)
-    assert len(set(steps.tolist())) > 1
+    assert_streams_as_alone(task, model, examples, rule)
