@@ -137,5 +137,8 @@ def test_task_options_on_the_command_line_go_over_the_recipes():
     task = make_task("family", **flags.train.task_options)
     assert task.train_complexities == (1, 2, 3)
     assert make_task("family", train_complexities="[4, 5]").train_complexities == (4, 5)
+    flags, _ = parse_train_flags(["--task", "family", "--train.task-options",
+                                  "train_complexities", "1"])  # one number: parsed as an int
+    assert make_task("family", **flags.train.task_options).train_complexities == (1,)
     with pytest.raises(ValueError, match="numbers separated by commas"):
         make_task("family", train_complexities="two,three")

@@ -65,8 +65,9 @@ def make_task(name: str, **options) -> Task:
         default = params[key].default
         if isinstance(default, bool) and str(value).lower() in ("true", "false"):
             value = options[key] = str(value).lower() == "true"  # "true" from a command line
-        if isinstance(default, (tuple, list)) and isinstance(value, str):
-            value = options[key] = _numbers(key, value)  # "1,2,3" from a command line
+        if isinstance(default, (tuple, list)) and isinstance(value, (str, int, float)) \
+                and not isinstance(value, bool):  # "1,2,3" or 1 from a command line
+            value = options[key] = _numbers(key, str(value))
         if not _same_kind(value, default):
             raise ValueError(f"task option {key!r} of {name!r} takes a value like its default "
                              f"{default!r}, got {value!r}")
