@@ -4,9 +4,9 @@ per update, the same weights as one process, one metrics file, and exact resume.
 import faulthandler
 import json
 import os
-import sys
 import shutil
 import socket
+import sys
 
 import pytest
 import torch
@@ -40,9 +40,10 @@ def _train(rank, world, port, out, updates, resume, parallel, grad_accum, model)
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    # Leave without the interpreter's finalisation: gloo worker threads may still hold
-    # tensors then, and freeing them while Python shuts down aborted a process in CI twice
-    # (pytorch/pytorch#179291). Everything this process owed is on disk already.
+    # Leave without the interpreter's finalisation. A process aborted at the end of this test
+    # in CI twice ("terminate called without an active exception"), most likely there: gloo
+    # worker threads can still hold tensors whose release then fails (the mechanism described
+    # in pytorch/pytorch#179291). Everything this process owed is on disk already.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
