@@ -21,6 +21,9 @@ from .model.cache import KVCache
 from .model.lm import MODEL_TYPE, LoopLM
 
 MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig)]
+# transformers 5.24 renamed the cache argument of forward and generate, and the output field,
+# from `past_key_values` to `cache` (the old name still works, with a deprecation warning).
+CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class LoopConfig(PretrainedConfig):
@@ -73,26 +76,28 @@ class LoopForCausalLM(PreTrainedModel, GenerationMixin):
                 past_key_values: KVCache | None = None, use_cache: bool | None = None,
                 labels: torch.Tensor | None = None, num_steps=None,
                 exit_criterion: str | None = None, exit_threshold: float | None = None,
-                **unused) -> CausalLMOutputWithPast:
+                cache: KVCache | None = None, **unused) -> CausalLMOutputWithPast:
+        """`cache` and `past_key_values` (its name before transformers 5.24) are one argument."""
         out = self.model(input_ids, num_steps, attention_mask=attention_mask,
-                         past_key_values=past_key_values, use_cache=bool(use_cache),
-                         labels=labels, exit_criterion=exit_criterion,
-                         exit_threshold=exit_threshold)
+                         past_key_values=cache if cache is not None else past_key_values,
+                         use_cache=bool(use_cache), labels=labels,
+                         exit_criterion=exit_criterion, exit_threshold=exit_threshold)
         return CausalLMOutputWithPast(loss=out.loss, logits=out.logits,
-                                      past_key_values=out.past_key_values)
+                                      **{CACHE: out.past_key_values})
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, past_key_values=None,
                                       attention_mask: torch.Tensor | None = None,
-                                      use_cache: bool = True, **kwargs) -> dict:
+                                      use_cache: bool = True, cache=None, **kwargs) -> dict:
         """The tokens the cache has not seen, and the cache (a new one on the first call)."""
-        if not isinstance(past_key_values, KVCache):
-            past_key_values = GenerationCache(
+        cache = cache if cache is not None else past_key_values
+        if not isinstance(cache, KVCache):
+            cache = GenerationCache(
                 mode="exact" if kwargs.get("exit_criterion") is None else "latest")
-        new = input_ids[:, past_key_values.seq_len:]
+        new = input_ids[:, cache.seq_len:]
         inputs = {k: v for k, v in kwargs.items() if k in (
             "num_steps", "exit_criterion", "exit_threshold")}
-        return {"input_ids": new, "attention_mask": attention_mask,
-                "past_key_values": past_key_values, "use_cache": use_cache, **inputs}
+        return {"input_ids": new, "attention_mask": attention_mask, CACHE: cache,
+                "use_cache": use_cache, **inputs}
 
 
 AutoConfig.register(MODEL_TYPE, LoopConfig)
