@@ -150,6 +150,23 @@ def test_family_chain_needs_every_fact():
         assert needed == ex.complexity
 
 
+def test_family_distractor_mix_shortens_training_texts_only():
+    """train_distractor_mix: that fraction of the training texts keep 0 to K + 4 of their
+    distractor facts; labels stay true kinship, and held-out texts keep them all."""
+    task = make_task("family", train_distractor_mix=1.0)
+    facts = lambda ex: ex.words.count(".")
+    train = task.train_set(200, seed=3, complexities=[2, 3])
+    assert {facts(ex) - ex.complexity for ex in train} == set(range(0, 8))
+    for ex in train:
+        assert solve_family(ex.words)[0] == bool(ex.label)
+    assert 0.4 < sum(ex.label for ex in train) / len(train) < 0.6
+    assert all(facts(ex) == 2 * ex.complexity + 4 for ex in task.eval_set(3, 50, seed=3))
+    assert make_task("family").train_set(50, seed=3) == \
+        make_task("family", train_distractor_mix=0.0).train_set(50, seed=3)
+    with pytest.raises(ValueError, match="train_distractor_mix"):
+        make_task("family", train_distractor_mix=1.5)
+
+
 def test_family_relation_targets_are_kinship_to_a():
     task = make_task("family", relation_targets=True)
     examples = task.examples(40, [2, 4, 7], seed=5)

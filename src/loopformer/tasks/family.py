@@ -28,7 +28,8 @@ B (as logic balances its surfaces).
 `relation_targets` (a training signal, not in Chen 2026) labels every mention of a person with
 A's relation to that person (generations above, 0 for a sibling, "A itself", "no direct
 relation"), read by a per-position head: at step t, the people within t facts of A can know
-theirs, so a chain followed part of the way already lowers the loss.
+theirs, so a chain followed part of the way already lowers the loss (`train_distractor_mix`:
+another training aid, in train_set).
 """
 
 from __future__ import annotations
@@ -196,8 +197,9 @@ def shifts(offset: int, facts: int) -> list[int]:
     return [s for s in SHIFTS if abs(offset + s) <= min(facts, MAX_OFFSET)]
 
 
-def draw(complexity: int, rng: random.Random) -> FamilyExample:
-    """One text of a chain of `complexity` facts, before the balancing of its surface."""
+def draw(complexity: int, rng: random.Random, distractors: int | None = None) -> FamilyExample:
+    """One text of a chain of `complexity` facts, before the balancing of its surface, with
+    the first `distractors` of its K + 4 distractor facts (None: all)."""
     # Offsets in reach, drawn in proportion to their number of shifts: the stationary law
     # of the random walk "move by a random shift", so a negative's true offset (stated +
     # shift) has the same law as the stated one and the query's words tell nothing.
@@ -218,7 +220,7 @@ def draw(complexity: int, rng: random.Random) -> FamilyExample:
     vertical = sum(move != "side" for move in moves)
     extra = ["down"] * (complexity + 2 - vertical) + ["side"] * (2 + vertical)
     rng.shuffle(extra)
-    facts += leaves(extra, tree, (chain[0], chain[-1]), others, rng)
+    facts += leaves(extra[:distractors], tree, (chain[0], chain[-1]), others, rng)
     rng.shuffle(facts)
     a, b = (chain[0], chain[-1]) if true >= 0 else (chain[-1], chain[0])
     words = [w for line in facts for w in line] + \
@@ -245,7 +247,12 @@ class FamilyRelations(Task):
     num_classes = 2
 
     def __init__(self, train_complexities=(2, 3, 4, 5), test_complexities=tuple(range(2, 10)),
-                 max_len: int = 256, relation_targets: bool = False):
+                 max_len: int = 256, relation_targets: bool = False,
+                 train_distractor_mix: float = 0.0):
+        if not 0.0 <= train_distractor_mix <= 1.0:
+            raise ValueError("family: train_distractor_mix (a fraction of the training texts) "
+                             f"must lie in [0, 1], got {train_distractor_mix}")
+        self.train_distractor_mix = train_distractor_mix
         self.train_complexities = tuple(train_complexities)
         self.test_complexities = tuple(test_complexities)
         self.max_len = max_len
@@ -256,6 +263,19 @@ class FamilyRelations(Task):
         if not 1 <= complexity <= MAX_OFFSET:
             raise ValueError(f"task 'family': chain length must lie in [1, {MAX_OFFSET}] (the "
                              f"relation words reach {MAX_OFFSET} generations), got {complexity}")
+
+    def train_set(self, n: int, seed: int, complexities=None) -> list:
+        """As every task's, except that a train_distractor_mix fraction of the texts keep 0
+        to K + 4 of their distractor facts, uniformly, unbalanced (without distractors the
+        roles of A and B may give the label away, but reading them takes finding A and B)."""
+        mix = self.train_distractor_mix
+
+        def sample(complexity: int, rng: random.Random) -> FamilyExample:
+            if mix and rng.random() < mix:
+                return draw(complexity, rng, rng.randint(0, complexity + 4))
+            return self.sample(complexity, rng)
+
+        return self.examples(n, complexities or self.train_complexities, seed, sample)
 
     def sample(self, complexity: int, rng: random.Random) -> FamilyExample:
         """A drawn text kept with probability min(P(surface, yes), P(surface, no)) /
