@@ -142,3 +142,31 @@ def test_task_options_on_the_command_line_go_over_the_recipes():
     assert make_task("family", **flags.train.task_options).train_complexities == (1,)
     with pytest.raises(ValueError, match="numbers separated by commas"):
         make_task("family", train_complexities="two,three")
+
+
+def test_the_matching_probes_label_what_they_say(monkeypatch):
+    """docs/examples/matching.py (the name-matching skill the family task needs, alone):
+    labels checked from the tokens, and its reference transformer runs."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    from matching import FIRST_NAME, SEP, Membership, PairBinding
+
+    for size in (2, 20):
+        examples = make_task("matching:Membership").examples(200, [size], seed=1)
+        for ex in examples:
+            names, query = ex.tokens[:-2], ex.tokens[-1]
+            assert ex.tokens[-2] == SEP and len(set(names)) == size
+            assert ex.label == (query in names) and min(ex.tokens) >= SEP
+        assert 0.4 < sum(ex.label for ex in examples) / 200 < 0.6
+    for ex in PairBinding().examples(200, [2, 6], seed=2):
+        text, (a, b) = ex.tokens[:-4], ex.tokens[-3:-1]
+        facts = [set(text[i:i + 2]) for i in range(0, len(text), 3)]
+        assert len(facts) == ex.complexity and a in set(text) and b in set(text)
+        assert ex.label == ({a, b} in facts) and min(a, b) >= FIRST_NAME
+    assert Membership().collate(examples)["input_ids"].shape == (200, 2 + 20 + 1)
+    with pytest.raises(ValueError, match="number of facts"):
+        PairBinding().check_complexity(1)
+    script = subprocess.run([sys.executable, str(EXAMPLES / "matching.py"), "--task",
+                             "pair-binding", "--size", "3", "--updates", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0, script.stderr
+    assert "update 2: loss" in script.stdout

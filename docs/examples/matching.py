@@ -1,0 +1,169 @@
+"""Name matching alone: the skill the family task needs first, and how long it plateaus.
+
+A family text is answered only by finding the facts that name the query's people among many
+other names. These two tasks ask for that skill and nothing else, with the number of names
+as their complexity (docs/results.md, family):
+
+- `Membership`: `<cls> n_1 … n_k <sep> q` — is the name q among the k distinct names?
+- `PairBinding`: `<cls> x_1 y_1 . … x_k y_k . <sep> a b ?` — k facts of two names each (all
+  2k names distinct); are a and b the two names of one fact? Both are always named somewhere.
+
+Both train in loopformer as user tasks (`--task matching:Membership`, run from this folder).
+Run as a script, this file trains a plain PyTorch transformer encoder on one of them — two
+layers, learned positions, CLS readout, nothing from loopformer — as a reference for how
+long the plateau lasts outside our model; with several sizes, each batch mixes them and
+every size is evaluated:
+
+    python matching.py --task membership --size 20 --updates 6000
+    python matching.py --task membership --size 2 5 10 20 --updates 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from loopformer.tasks import Task
+from loopformer.tasks.base import cls_batch
+
+NAMES = 40
+PAD, CLS, SEP, DOT, ASK = range(5)
+FIRST_NAME = 5  # token id of name 0
+
+
+@dataclass
+class MatchingExample:
+    tokens: list[int]
+    label: int
+    complexity: int
+
+
+class Membership(Task):
+    name = "membership"
+    interface = "classifier"
+    vocab_size = FIRST_NAME + NAMES
+    num_classes = 2
+    model_defaults = {"n_prelude": 0, "n_coda": 0}
+    train_defaults = {"updates": 1000, "train_examples": 20_000, "depth_low": 1,
+                      "depth_high": 4, "eval_every": 100}
+
+    def __init__(self, train_complexities=(5,), test_complexities=(2, 5, 10, 20),
+                 max_len: int = 64):
+        self.train_complexities = tuple(train_complexities)
+        self.test_complexities = tuple(test_complexities)
+        self.max_len = max_len
+
+    def check_complexity(self, complexity: int) -> None:
+        if not 1 <= complexity < NAMES:
+            raise ValueError(f"membership: the number of names must lie in [1, {NAMES - 1}], "
+                             f"got {complexity}")
+
+    def sample(self, complexity: int, rng: random.Random) -> MatchingExample:
+        names = rng.sample(range(NAMES), NAMES)
+        shown, others = names[:complexity], names[complexity:]
+        label = int(rng.random() < 0.5)
+        query = rng.choice(shown if label else others)
+        return MatchingExample([FIRST_NAME + n for n in shown] + [SEP, FIRST_NAME + query],
+                               label, complexity)
+
+    def collate(self, examples) -> dict[str, torch.Tensor]:
+        return cls_batch([ex.tokens for ex in examples], examples, CLS)
+
+
+class PairBinding(Membership):
+    name = "pair-binding"
+
+    def __init__(self, train_complexities=(6,), test_complexities=(2, 4, 6),
+                 max_len: int = 64):
+        super().__init__(train_complexities, test_complexities, max_len)
+
+    def check_complexity(self, complexity: int) -> None:
+        if not 2 <= complexity <= NAMES // 2:
+            raise ValueError(f"pair-binding: the number of facts must lie in [2, {NAMES // 2}], "
+                             f"got {complexity}")
+
+    def sample(self, complexity: int, rng: random.Random) -> MatchingExample:
+        names = rng.sample(range(NAMES), 2 * complexity)
+        facts = [names[2 * i:2 * i + 2] for i in range(complexity)]
+        label = int(rng.random() < 0.5)
+        if label:
+            a, b = rng.choice(facts)
+        else:  # one name from each of two facts
+            first, second = rng.sample(facts, 2)
+            a, b = rng.choice(first), rng.choice(second)
+        if rng.random() < 0.5:
+            a, b = b, a
+        text = [t for x, y in facts for t in (FIRST_NAME + x, FIRST_NAME + y, DOT)]
+        return MatchingExample(text + [SEP, FIRST_NAME + a, FIRST_NAME + b, ASK], label,
+                               complexity)
+
+
+class ReferenceEncoder(nn.Module):
+    """A plain pre-norm transformer encoder with learned positions and a CLS readout."""
+
+    def __init__(self, vocab: int, max_len: int, d: int = 128, heads: int = 4, layers: int = 2):
+        super().__init__()
+        self.embed, self.position = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
+        layer = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.position(torch.arange(ids.shape[1], device=ids.device))
+        return self.head(self.encoder(x, src_key_padding_mask=~mask.bool())[:, 0])
+
+
+@torch.no_grad()
+def held_out_accuracy(model: nn.Module, task: Membership, size: int,
+                      rng: random.Random) -> float:
+    batch = task.collate([task.sample(size, rng) for _ in range(512)])
+    logits = model(batch["input_ids"], batch["attention_mask"])
+    return float((logits.argmax(-1) == batch["label"]).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=["membership", "pair-binding"], default="membership")
+    parser.add_argument("--size", type=int, nargs="+", default=[20],
+                        help="names (membership) or facts; several: mixed in every batch")
+    parser.add_argument("--updates", type=int, default=6000)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    task = Membership() if args.task == "membership" else PairBinding()
+    try:
+        for size in args.size:
+            task.check_complexity(size)
+    except ValueError as error:
+        parser.error(str(error))
+    rng, held_out = random.Random(args.seed), random.Random(args.seed + 1)
+    model = ReferenceEncoder(task.vocab_size, task.max_len, layers=args.layers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for update in range(1, args.updates + 1):
+        sizes = [rng.choice(args.size) if len(args.size) > 1 else args.size[0]
+                 for _ in range(64)]
+        batch = task.collate([task.sample(size, rng) for size in sizes])
+        loss = nn.functional.cross_entropy(model(batch["input_ids"], batch["attention_mask"]),
+                                           batch["label"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if update % 250 == 0 or update == args.updates:
+            accuracy = {size: held_out_accuracy(model, task, size, held_out)
+                        for size in args.size}
+            print(f"update {update}: loss {loss.item():.3f}, held-out accuracy " +
+                  ", ".join(f"{a:.3f}" if len(accuracy) == 1 else f"{size}: {a:.3f}"
+                            for size, a in accuracy.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
