@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopformer.tasks import TASKS, make_task
-from loopformer.tasks.family import NAMES, SELF, TARGET_OFFSETS, UNRELATED, relation_words
+from loopformer.tasks.family import NAMES, relation_words
+from loopformer.tasks.family_tree import SELF, TARGET_OFFSETS, UNRELATED
 from loopformer.tasks.graph import PAD_NODE
 
 
@@ -186,6 +187,22 @@ def test_family_relation_targets_are_kinship_to_a():
                 assert label == (UNRELATED if true is None else TARGET_OFFSETS + true)
         assert (batch["position_labels"][row, 1 + len(ex.words):] == -100).all()
     assert "position_labels" not in make_task("family").collate(examples)
+
+
+def test_family_mention_targets_flag_a_and_b_in_the_facts():
+    task = make_task("family", mention_targets=True)
+    examples = task.examples(40, [1, 3], seed=6)
+    batch = task.collate(examples)
+    assert task.num_position_classes == 3
+    for row, ex in enumerate(examples):
+        *facts, query = " ".join(ex.words).split(" . ")
+        a, b = query.split()[0], query.split()[-2]
+        expected = [{a: 0, b: 1}.get(word, 2) if word in NAMES else -100
+                    for word in " . ".join(facts).split()] + [-100] * (len(query.split()) + 1)
+        assert batch["position_labels"][row, 1:1 + len(ex.words)].tolist() == expected
+        assert (batch["position_labels"][row, 1 + len(ex.words):] == -100).all()
+    with pytest.raises(ValueError, match="choose one"):
+        make_task("family", mention_targets=True, relation_targets=True)
 
 
 def test_relation_words():

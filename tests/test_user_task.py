@@ -157,16 +157,24 @@ def test_the_matching_probes_label_what_they_say(monkeypatch):
             assert ex.tokens[-2] == SEP and len(set(names)) == size
             assert ex.label == (query in names) and min(ex.tokens) >= SEP
         assert 0.4 < sum(ex.label for ex in examples) / 200 < 0.6
-    for ex in PairBinding().examples(200, [2, 6], seed=2):
+    binding = PairBinding(partner_targets=True)
+    bound = binding.examples(200, [2, 6], seed=2)
+    for ex in bound:
         text, (a, b) = ex.tokens[:-4], ex.tokens[-3:-1]
         facts = [set(text[i:i + 2]) for i in range(0, len(text), 3)]
         assert len(facts) == ex.complexity and a in set(text) and b in set(text)
         assert ex.label == ({a, b} in facts) and min(a, b) >= FIRST_NAME
+        partners = [FIRST_NAME + t for t in ex.targets if t != -100]  # a's, then b's
+        assert [{name, partner} in facts for name, partner in zip((a, b), partners)] == [1, 1]
+    labels = binding.collate(bound)["position_labels"]
+    assert labels[0, 1:1 + len(bound[0].targets)].tolist() == list(bound[0].targets)
+    assert (labels != -100).sum() == 2 * len(bound)
     assert Membership().collate(examples)["input_ids"].shape == (200, 2 + 20 + 1)
     with pytest.raises(ValueError, match="number of facts"):
         PairBinding().check_complexity(1)
     script = subprocess.run([sys.executable, str(EXAMPLES / "matching.py"), "--task",
-                             "pair-binding", "--size", "3", "--updates", "2"],
+                             "pair-binding", "--size", "3", "--updates", "2",
+                             "--partner-targets"],
                             capture_output=True, text=True, timeout=120)
     assert script.returncode == 0, script.stderr
     assert "update 2: loss" in script.stdout

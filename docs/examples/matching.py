@@ -7,6 +7,8 @@ as their complexity (docs/results.md, family):
 - `Membership`: `<cls> n_1 … n_k <sep> q` — is the name q among the k distinct names?
 - `PairBinding`: `<cls> x_1 y_1 . … x_k y_k . <sep> a b ?` — k facts of two names each (all
   2k names distinct); are a and b the two names of one fact? Both are always named somewhere.
+  `partner_targets` labels each of a and b with the other name of its own fact (a target at
+  each position, read by a per-position head), which takes the lookup binding needs.
 
 Both train in loopformer as user tasks (`--task matching:Membership`, run from this folder).
 Run as a script, this file trains a plain PyTorch transformer encoder on one of them — two
@@ -16,6 +18,7 @@ every size is evaluated:
 
     python matching.py --task membership --size 20 --updates 6000
     python matching.py --task membership --size 2 5 10 20 --updates 3000
+    python matching.py --task pair-binding --size 2 --layers 4 --partner-targets --updates 3000
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class MatchingExample:
     tokens: list[int]
     label: int
     complexity: int
+    targets: tuple[int, ...] = ()  # per token: a name index, or -100 for none
 
 
 class Membership(Task):
@@ -78,8 +82,10 @@ class PairBinding(Membership):
     name = "pair-binding"
 
     def __init__(self, train_complexities=(6,), test_complexities=(2, 4, 6),
-                 max_len: int = 64):
+                 max_len: int = 64, partner_targets: bool = False):
         super().__init__(train_complexities, test_complexities, max_len)
+        self.partner_targets = partner_targets
+        self.num_position_classes = NAMES if partner_targets else 0
 
     def check_complexity(self, complexity: int) -> None:
         if not 2 <= complexity <= NAMES // 2:
@@ -98,24 +104,41 @@ class PairBinding(Membership):
         if rng.random() < 0.5:
             a, b = b, a
         text = [t for x, y in facts for t in (FIRST_NAME + x, FIRST_NAME + y, DOT)]
+        partner = {x: y for x, y in facts} | {y: x for x, y in facts}
+        targets = [-100] * (len(text) + 1) + [partner[a], partner[b], -100]
         return MatchingExample(text + [SEP, FIRST_NAME + a, FIRST_NAME + b, ASK], label,
-                               complexity)
+                               complexity, tuple(targets))
+
+    def collate(self, examples) -> dict[str, torch.Tensor]:
+        batch = super().collate(examples)
+        if self.partner_targets:  # after the CLS token, right-padded like the inputs
+            labels = torch.full_like(batch["input_ids"], -100)
+            for row, ex in enumerate(examples):
+                labels[row, 1:1 + len(ex.targets)] = torch.tensor(ex.targets)
+            batch["position_labels"] = labels
+        return batch
 
 
 class ReferenceEncoder(nn.Module):
-    """A plain pre-norm transformer encoder with learned positions and a CLS readout."""
+    """A plain pre-norm transformer encoder with learned positions and a CLS readout (and a
+    per-position head where the task sets position targets)."""
 
-    def __init__(self, vocab: int, max_len: int, d: int = 128, heads: int = 4, layers: int = 2):
+    def __init__(self, vocab: int, max_len: int, d: int = 128, heads: int = 4, layers: int = 2,
+                 position_classes: int = 0):
         super().__init__()
         self.embed, self.position = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
         layer = nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True,
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d, 2)
+        self.position_head = nn.Linear(d, position_classes) if position_classes else None
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(ids, mask)[:, 0])
+
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids) + self.position(torch.arange(ids.shape[1], device=ids.device))
-        return self.head(self.encoder(x, src_key_padding_mask=~mask.bool())[:, 0])
+        return self.encoder(x, src_key_padding_mask=~mask.bool())
 
 
 @torch.no_grad()
@@ -133,27 +156,36 @@ def main() -> None:
                         help="names (membership) or facts; several: mixed in every batch")
     parser.add_argument("--updates", type=int, default=6000)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--partner-targets", action="store_true",
+                        help="pair-binding: train the per-position partner targets too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    task = Membership() if args.task == "membership" else PairBinding()
+    if args.partner_targets and args.task != "pair-binding":
+        parser.error("--partner-targets belongs to --task pair-binding")
+    task = Membership() if args.task == "membership" else \
+        PairBinding(partner_targets=args.partner_targets)
     try:
         for size in args.size:
             task.check_complexity(size)
     except ValueError as error:
         parser.error(str(error))
     rng, held_out = random.Random(args.seed), random.Random(args.seed + 1)
-    model = ReferenceEncoder(task.vocab_size, task.max_len, layers=args.layers)
+    model = ReferenceEncoder(task.vocab_size, task.max_len, layers=args.layers,
+                             position_classes=getattr(task, "num_position_classes", 0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for update in range(1, args.updates + 1):
         sizes = [rng.choice(args.size) if len(args.size) > 1 else args.size[0]
                  for _ in range(64)]
         batch = task.collate([task.sample(size, rng) for size in sizes])
-        loss = nn.functional.cross_entropy(model(batch["input_ids"], batch["attention_mask"]),
-                                           batch["label"])
+        features = model.features(batch["input_ids"], batch["attention_mask"])
+        loss = nn.functional.cross_entropy(model.head(features[:, 0]), batch["label"])
+        if "position_labels" in batch:  # mean over the labelled positions
+            loss = loss + nn.functional.cross_entropy(
+                model.position_head(features).flatten(0, 1), batch["position_labels"].flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

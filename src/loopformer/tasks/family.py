@@ -29,7 +29,9 @@ B (as logic balances its surfaces).
 A's relation to that person (generations above, 0 for a sibling, "A itself", "no direct
 relation"), read by a per-position head: at step t, the people within t facts of A can know
 theirs, so a chain followed part of the way already lowers the loss (`train_distractor_mix`:
-another training aid, in train_set).
+another training aid, in train_set). `mention_targets` (another) labels each person's
+mention in the facts A, B or neither: the lookup that binding two names to one fact needs
+(docs/results.md, family).
 """
 
 from __future__ import annotations
@@ -42,18 +44,16 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import Task, cls_batch
+from .family_tree import UNRELATED, Tree, fact, leaves, lineage, sibling_path
 
 NAMES = [f"n{i}" for i in range(40)]  # a chain of 12 facts and its distractors name <= 29
 WORDS = ["<pad>", "<cls>", "is", "the", "of", ".", "?", "parent", "child", "grand", "great",
          "sibling"]
+NAME_SET = set(NAMES)
 VOCAB = WORDS + NAMES
 TOKEN = {w: i for i, w in enumerate(VOCAB)}
 MAX_OFFSET = 12
 SHIFTS = (-4, -2, 2, 4)  # a negative's true offset minus the stated one
-# Per-position targets: A's offset over a person (|offset| <= 32: a chain and its leaves
-# span fewer generations), then "A itself" and "no direct relation".
-TARGET_OFFSETS = 32
-SELF, UNRELATED = 2 * TARGET_OFFSETS + 1, 2 * TARGET_OFFSETS + 2
 
 
 def relation_words(offset: int) -> list[str]:
@@ -74,88 +74,6 @@ class FamilyExample:
     targets: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
 
-def lineage(generations: int, facts: int, rng: random.Random) -> list[str]:
-    """Moves from an ancestor down to a descendant `generations` below it in `facts` facts:
-    "down" (to a child) first, then downs and "side" moves (to a sibling) in any order."""
-    later = ["down"] * (generations - 1) + ["side"] * (facts - generations)
-    rng.shuffle(later)
-    return ["down"] + later
-
-
-class Tree:
-    """The family as its facts are drawn: sibling groups, each with one parent (a person, or
-    None while no fact names one)."""
-
-    def __init__(self, root: str):
-        self.group, self.parent, self.children = {}, [], {}  # children: a parent's group
-        self.add_root(root)
-
-    def add_root(self, person: str) -> None:
-        self.group[person] = len(self.parent)
-        self.parent.append(None)
-
-    def add(self, x: str, move: str, y: str) -> None:
-        """y, new, reached from x: "down" x's child, "up" x's parent, "side" x's sibling."""
-        if move == "side":
-            self.group[y] = self.group[x]
-        elif move == "up":
-            self.parent[self.group[x]] = y
-            self.children[y] = self.group[x]
-            self.add_root(y)
-        elif x in self.children:
-            self.group[y] = self.children[x]
-        else:
-            self.add_root(y)
-            self.parent[-1] = x
-            self.children[x] = self.group[y]
-
-    def has_parent(self, person: str) -> bool:
-        return self.parent[self.group[person]] is not None
-
-    def ancestors(self, person: str) -> list[str]:
-        line = []
-        while (person := self.parent[self.group[person]]) is not None:
-            line.append(person)
-        return line
-
-    def target(self, a: str, person: str) -> int:
-        """The relation target of `person`: A's offset over them as a class, SELF or
-        UNRELATED."""
-        if person == a:
-            return SELF
-        if self.group[a] == self.group[person]:
-            return TARGET_OFFSETS
-        above, below = self.ancestors(person), self.ancestors(a)
-        if a in above:
-            return TARGET_OFFSETS + above.index(a) + 1
-        if person in below:
-            return TARGET_OFFSETS - below.index(person) - 1
-        return UNRELATED
-
-
-def leaves(moves: list[str], tree: Tree, ends: tuple[str, str], unnamed: list[str],
-           rng: random.Random) -> list[list[str]]:
-    """Distractor facts, one per move, each naming a new person, so that none links two named
-    people. A "side" move makes the new person a sibling of someone named; a vertical one its
-    child, or, half the time where that person's sibling group has no parent yet, its parent.
-    The first four hang two at each end of the chain; then, one time in four while names
-    last, the anchor is a new person outside the chain, else someone named but the ends."""
-    facts = []
-    for i, move in enumerate(moves):
-        if i < 4:  # two at each end: A and B are then named in three facts, whatever the chain
-            anchor = ends[i % 2]
-        elif len(unnamed) >= 2 and rng.random() < 0.25:
-            anchor = unnamed.pop()
-            tree.add_root(anchor)
-        else:
-            anchor = rng.choice([person for person in tree.group if person not in ends])
-        person = unnamed.pop()
-        if move == "down" and not tree.has_parent(anchor) and rng.random() < 0.5:
-            move = "up"
-        facts.append(fact(anchor, move, person, rng))
-        tree.add(anchor, move, person)
-    return facts
-
 
 def surface(words: list[str]) -> tuple:
     """What is read without following the chain: the stated relation, and for each of A and
@@ -170,26 +88,6 @@ def surface(words: list[str]) -> tuple:
             if person in roles:
                 roles[person][("parent", "child", "sibling").index(role)] = True
     return tuple(query[3:-3]), *roles[a], *roles[b]
-
-
-def sibling_path(facts: int, rng: random.Random) -> list[str]:
-    """Moves from a person to a sibling: sideways only, or sideways, up to the shared parent,
-    down to another child, sideways (each part possibly empty)."""
-    if facts < 2 or rng.random() < 1 / facts:
-        return ["side"] * facts
-    before = rng.randint(0, facts - 2)
-    return ["side"] * before + ["up", "down"] + ["side"] * (facts - 2 - before)
-
-
-def fact(x: str, move: str, y: str, rng: random.Random) -> list[str]:
-    """One fact for a move from x to y, in either of its phrasings."""
-    if move == "side":
-        first, second = (x, y) if rng.random() < 0.5 else (y, x)
-        return [first, "is", "the", "sibling", "of", second, "."]
-    parent, child = (x, y) if move == "down" else (y, x)
-    if rng.random() < 0.5:
-        return [parent, "is", "the", "parent", "of", child, "."]
-    return [child, "is", "the", "child", "of", parent, "."]
 
 
 def shifts(offset: int, facts: int) -> list[int]:
@@ -229,6 +127,14 @@ def draw(complexity: int, rng: random.Random, distractors: int | None = None) ->
     return FamilyExample(words, int(positive), complexity, targets)
 
 
+def mentions(words: list[str]) -> list[int]:
+    """Per word: 0 at a fact's mention of A, 1 of B, 2 of anyone else; -100 elsewhere."""
+    query = len(words) - words[::-1].index(".")  # the query follows the last fact
+    a, b = words[query], words[-2]
+    return [(0 if w == a else 1 if w == b else 2) if i < query and w in NAME_SET else -100
+            for i, w in enumerate(words)]
+
+
 @functools.cache  # one table per chain length, shared by every task object
 def acceptance(complexity: int) -> dict:
     """Acceptance by (surface, label), from 20,000 free draws with a fixed seed."""
@@ -248,7 +154,7 @@ class FamilyRelations(Task):
 
     def __init__(self, train_complexities=(2, 3, 4, 5), test_complexities=tuple(range(2, 10)),
                  max_len: int = 256, relation_targets: bool = False,
-                 train_distractor_mix: float = 0.0):
+                 train_distractor_mix: float = 0.0, mention_targets: bool = False):
         if not 0.0 <= train_distractor_mix <= 1.0:
             raise ValueError("family: train_distractor_mix (a fraction of the training texts) "
                              f"must lie in [0, 1], got {train_distractor_mix}")
@@ -256,8 +162,12 @@ class FamilyRelations(Task):
         self.train_complexities = tuple(train_complexities)
         self.test_complexities = tuple(test_complexities)
         self.max_len = max_len
-        self.relation_targets = relation_targets
-        self.num_position_classes = UNRELATED + 1 if relation_targets else 0
+        if relation_targets and mention_targets:
+            raise ValueError("family: relation_targets and mention_targets both label the "
+                             "mentions of people; choose one")
+        self.relation_targets, self.mention_targets = relation_targets, mention_targets
+        self.num_position_classes = UNRELATED + 1 if relation_targets else \
+            3 if mention_targets else 0
 
     def check_complexity(self, complexity: int) -> None:
         if not 1 <= complexity <= MAX_OFFSET:
@@ -289,9 +199,10 @@ class FamilyRelations(Task):
     def collate(self, examples) -> dict[str, torch.Tensor]:
         batch = cls_batch([[TOKEN[w] for w in ex.words] for ex in examples], examples,
                           TOKEN["<cls>"])
-        if self.relation_targets:  # after the CLS token, right-padded like the inputs
+        if self.num_position_classes:  # after the CLS token, right-padded like the inputs
             labels = torch.full_like(batch["input_ids"], -100)
             for row, ex in enumerate(examples):
-                labels[row, 1:1 + len(ex.targets)] = torch.tensor(ex.targets)
+                targets = ex.targets if self.relation_targets else mentions(ex.words)
+                labels[row, 1:1 + len(targets)] = torch.tensor(targets)
             batch["position_labels"] = labels
         return batch
