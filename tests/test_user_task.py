@@ -148,7 +148,7 @@ def test_the_matching_probes_label_what_they_say(monkeypatch):
     """docs/examples/matching.py (the name-matching skill the family task needs, alone):
     labels checked from the tokens, and its reference transformer runs."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    from matching import FIRST_NAME, SEP, Membership, PairBinding
+    from matching import DOT, FIRST_NAME, SEP, Membership, PairBinding
 
     for size in (2, 20):
         examples = make_task("matching:Membership").examples(200, [size], seed=1)
@@ -157,7 +157,7 @@ def test_the_matching_probes_label_what_they_say(monkeypatch):
             assert ex.tokens[-2] == SEP and len(set(names)) == size
             assert ex.label == (query in names) and min(ex.tokens) >= SEP
         assert 0.4 < sum(ex.label for ex in examples) / 200 < 0.6
-    binding = PairBinding(partner_targets=True)
+    binding = PairBinding(targets="partner")
     bound = binding.examples(200, [2, 6], seed=2)
     for ex in bound:
         text, (a, b) = ex.tokens[:-4], ex.tokens[-3:-1]
@@ -169,12 +169,18 @@ def test_the_matching_probes_label_what_they_say(monkeypatch):
     labels = binding.collate(bound)["position_labels"]
     assert labels[0, 1:1 + len(bound[0].targets)].tolist() == list(bound[0].targets)
     assert (labels != -100).sum() == 2 * len(bound)
+    for ex in PairBinding(targets="mention").examples(50, [3], seed=2):  # same texts, flags
+        a, b = ex.tokens[-3:-1]
+        assert [t for t in ex.targets if t != -100] == \
+            [{a: 0, b: 1}.get(t, 2) for t in ex.tokens[:-4] if t != DOT]
+    with pytest.raises(ValueError, match="partner or mention"):
+        PairBinding(targets="both")
     assert Membership().collate(examples)["input_ids"].shape == (200, 2 + 20 + 1)
     with pytest.raises(ValueError, match="number of facts"):
         PairBinding().check_complexity(1)
     script = subprocess.run([sys.executable, str(EXAMPLES / "matching.py"), "--task",
                              "pair-binding", "--size", "3", "--updates", "2",
-                             "--partner-targets"],
+                             "--targets", "mention"],
                             capture_output=True, text=True, timeout=120)
     assert script.returncode == 0, script.stderr
     assert "update 2: loss" in script.stdout

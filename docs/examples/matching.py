@@ -7,8 +7,9 @@ as their complexity (docs/results.md, family):
 - `Membership`: `<cls> n_1 … n_k <sep> q` — is the name q among the k distinct names?
 - `PairBinding`: `<cls> x_1 y_1 . … x_k y_k . <sep> a b ?` — k facts of two names each (all
   2k names distinct); are a and b the two names of one fact? Both are always named somewhere.
-  `partner_targets` labels each of a and b with the other name of its own fact (a target at
-  each position, read by a per-position head), which takes the lookup binding needs.
+  Position targets, read by a per-position head, ask for a lookup binding needs: `targets
+  partner` labels each of a and b with the other name of its own fact; `targets mention`
+  labels every name in the facts a, b or neither.
 
 Both train in loopformer as user tasks (`--task matching:Membership`, run from this folder).
 Run as a script, this file trains a plain PyTorch transformer encoder on one of them — two
@@ -18,7 +19,7 @@ every size is evaluated:
 
     python matching.py --task membership --size 20 --updates 6000
     python matching.py --task membership --size 2 5 10 20 --updates 3000
-    python matching.py --task pair-binding --size 2 --layers 4 --partner-targets --updates 3000
+    python matching.py --task pair-binding --size 2 --layers 4 --targets partner --updates 3000
 """
 
 from __future__ import annotations
@@ -82,10 +83,12 @@ class PairBinding(Membership):
     name = "pair-binding"
 
     def __init__(self, train_complexities=(6,), test_complexities=(2, 4, 6),
-                 max_len: int = 64, partner_targets: bool = False):
+                 max_len: int = 64, targets: str | None = None):
         super().__init__(train_complexities, test_complexities, max_len)
-        self.partner_targets = partner_targets
-        self.num_position_classes = NAMES if partner_targets else 0
+        if targets not in (None, "partner", "mention"):
+            raise ValueError(f"pair-binding: targets must be partner or mention, got {targets}")
+        self.targets = targets
+        self.num_position_classes = {None: 0, "partner": NAMES, "mention": 3}[targets]
 
     def check_complexity(self, complexity: int) -> None:
         if not 2 <= complexity <= NAMES // 2:
@@ -104,14 +107,18 @@ class PairBinding(Membership):
         if rng.random() < 0.5:
             a, b = b, a
         text = [t for x, y in facts for t in (FIRST_NAME + x, FIRST_NAME + y, DOT)]
-        partner = {x: y for x, y in facts} | {y: x for x, y in facts}
-        targets = [-100] * (len(text) + 1) + [partner[a], partner[b], -100]
+        if self.targets == "mention":  # a name in the facts: 0 if a, 1 if b, 2 otherwise
+            targets = [-100 if t == DOT else {a: 0, b: 1}.get(t - FIRST_NAME, 2) for t in text]
+            targets += [-100] * 4
+        else:
+            partner = {x: y for x, y in facts} | {y: x for x, y in facts}
+            targets = [-100] * (len(text) + 1) + [partner[a], partner[b], -100]
         return MatchingExample(text + [SEP, FIRST_NAME + a, FIRST_NAME + b, ASK], label,
                                complexity, tuple(targets))
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
         batch = super().collate(examples)
-        if self.partner_targets:  # after the CLS token, right-padded like the inputs
+        if self.targets:  # after the CLS token, right-padded like the inputs
             labels = torch.full_like(batch["input_ids"], -100)
             for row, ex in enumerate(examples):
                 labels[row, 1:1 + len(ex.targets)] = torch.tensor(ex.targets)
@@ -156,18 +163,18 @@ def main() -> None:
                         help="names (membership) or facts; several: mixed in every batch")
     parser.add_argument("--updates", type=int, default=6000)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--partner-targets", action="store_true",
-                        help="pair-binding: train the per-position partner targets too")
+    parser.add_argument("--targets", choices=["partner", "mention"], default=None,
+                        help="pair-binding: train these per-position targets too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if args.partner_targets and args.task != "pair-binding":
-        parser.error("--partner-targets belongs to --task pair-binding")
+    if args.targets and args.task != "pair-binding":
+        parser.error("--targets belongs to --task pair-binding")
     task = Membership() if args.task == "membership" else \
-        PairBinding(partner_targets=args.partner_targets)
+        PairBinding(targets=args.targets)
     try:
         for size in args.size:
             task.check_complexity(size)

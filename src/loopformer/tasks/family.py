@@ -74,7 +74,6 @@ class FamilyExample:
     targets: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
 
-
 def surface(words: list[str]) -> tuple:
     """What is read without following the chain: the stated relation, and for each of A and
     B whether some fact makes them a parent, a child, a sibling."""

@@ -10,6 +10,7 @@ import random
 TARGET_OFFSETS = 32
 SELF, UNRELATED = 2 * TARGET_OFFSETS + 1, 2 * TARGET_OFFSETS + 2
 
+
 def lineage(generations: int, facts: int, rng: random.Random) -> list[str]:
     """Moves from an ancestor down to a descendant `generations` below it in `facts` facts:
     "down" (to a child) first, then downs and "side" moves (to a sibling) in any order."""
