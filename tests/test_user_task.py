@@ -184,3 +184,11 @@ def test_the_matching_probes_label_what_they_say(monkeypatch):
                             capture_output=True, text=True, timeout=120)
     assert script.returncode == 0, script.stderr
     assert "update 2: loss" in script.stdout
+    family = subprocess.run([sys.executable, str(EXAMPLES / "matching.py"), "--task", "family",
+                             "--size", "1", "--updates", "1", "--targets", "partner"],
+                            capture_output=True, text=True, timeout=120)
+    assert family.returncode == 2 and "does not belong to --task family" in family.stderr
+    family = subprocess.run([sys.executable, str(EXAMPLES / "matching.py"), "--task", "family",
+                             "--size", "1", "--updates", "1", "--targets", "mention"],
+                            capture_output=True, text=True, timeout=120)
+    assert family.returncode == 0 and "update 1: loss" in family.stdout, family.stderr

@@ -12,14 +12,16 @@ as their complexity (docs/results.md, family):
   labels every name in the facts a, b or neither.
 
 Both train in loopformer as user tasks (`--task matching:Membership`, run from this folder).
-Run as a script, this file trains a plain PyTorch transformer encoder on one of them — two
-layers, learned positions, CLS readout, nothing from loopformer — as a reference for how
-long the plateau lasts outside our model; with several sizes, each batch mixes them and
-every size is evaluated:
+Run as a script, this file trains a plain PyTorch transformer encoder on one of them, or on
+loopformer's family texts (`--task family`, size = chain length, `--targets mention` or
+`relation`) — two layers, learned positions, CLS readout, no loopformer model — as a reference
+for how long the plateau lasts outside our model; with several sizes, each batch mixes them
+and every size is evaluated:
 
     python matching.py --task membership --size 20 --updates 6000
     python matching.py --task membership --size 2 5 10 20 --updates 3000
     python matching.py --task pair-binding --size 2 --layers 4 --targets partner --updates 3000
+    python matching.py --task family --size 1 --layers 4 --targets mention --updates 3000
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from loopformer.tasks import Task
+from loopformer.tasks import FamilyRelations, Task
 from loopformer.tasks.base import cls_batch
 
 NAMES = 40
@@ -158,23 +160,30 @@ def held_out_accuracy(model: nn.Module, task: Membership, size: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", choices=["membership", "pair-binding"], default="membership")
+    parser.add_argument("--task", choices=["membership", "pair-binding", "family"],
+                        default="membership")
     parser.add_argument("--size", type=int, nargs="+", default=[20],
                         help="names (membership) or facts; several: mixed in every batch")
     parser.add_argument("--updates", type=int, default=6000)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--targets", choices=["partner", "mention"], default=None,
-                        help="pair-binding: train these per-position targets too")
+    parser.add_argument("--targets", choices=["partner", "mention", "relation"], default=None,
+                        help="per-position targets trained too: partner (pair-binding), "
+                        "mention (pair-binding, family), relation (family)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if args.targets and args.task != "pair-binding":
-        parser.error("--targets belongs to --task pair-binding")
-    task = Membership() if args.task == "membership" else \
-        PairBinding(targets=args.targets)
+    allowed = {"membership": [None], "pair-binding": [None, "partner", "mention"],
+               "family": [None, "mention", "relation"]}[args.task]
+    if args.targets not in allowed:
+        parser.error(f"--targets {args.targets} does not belong to --task {args.task}")
+    if args.task == "family":
+        task = FamilyRelations(mention_targets=args.targets == "mention",
+                               relation_targets=args.targets == "relation")
+    else:
+        task = Membership() if args.task == "membership" else PairBinding(targets=args.targets)
     try:
         for size in args.size:
             task.check_complexity(size)
