@@ -1,4 +1,4 @@
-"""Name matching alone: the skill the family task needs first, and how long it plateaus.
+"""Name matching alone, the skill the family task needs first, and a plain reference model.
 
 A family text is answered only by finding the facts that name the query's people among many
 other names. These two tasks ask for that skill and nothing else, with the number of names
@@ -14,9 +14,9 @@ as their complexity (docs/results.md, family):
 Both train in loopformer as user tasks (`--task matching:Membership`, run from this folder).
 Run as a script, this file trains a plain PyTorch transformer encoder on one of them, or on
 loopformer's family texts (`--task family`, size = chain length, `--targets mention` or
-`relation`) — two layers, learned positions, CLS readout, no loopformer model — as a reference
-for how long the plateau lasts outside our model; with several sizes, each batch mixes them
-and every size is evaluated:
+`relation`) — two layers unless `--layers`, learned positions, CLS readout, no loopformer
+model — as a reference for how long the plateau lasts outside our model; with several sizes,
+each batch mixes them and every size is evaluated:
 
     python matching.py --task membership --size 20 --updates 6000
     python matching.py --task membership --size 2 5 10 20 --updates 3000
@@ -46,7 +46,7 @@ class MatchingExample:
     tokens: list[int]
     label: int
     complexity: int
-    targets: tuple[int, ...] = ()  # per token: a name index, or -100 for none
+    targets: tuple[int, ...] = ()  # per token: a class (PairBinding.targets), -100 for none
 
 
 class Membership(Task):
