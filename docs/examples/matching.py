@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from loopformer.tasks import FamilyRelations, Task
-from loopformer.tasks.base import cls_batch
+from loopformer.tasks.base import cls_batch, cls_position_labels
 
 NAMES = 40
 PAD, CLS, SEP, DOT, ASK = range(5)
@@ -120,11 +120,8 @@ class PairBinding(Membership):
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
         batch = super().collate(examples)
-        if self.targets:  # after the CLS token, right-padded like the inputs
-            labels = torch.full_like(batch["input_ids"], -100)
-            for row, ex in enumerate(examples):
-                labels[row, 1:1 + len(ex.targets)] = torch.tensor(ex.targets)
-            batch["position_labels"] = labels
+        if self.targets:
+            batch["position_labels"] = cls_position_labels(batch, [ex.targets for ex in examples])
         return batch
 
 

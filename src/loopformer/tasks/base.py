@@ -132,6 +132,15 @@ def cls_batch(token_lists: Sequence[Sequence[int]], examples, cls_id: int) -> di
             "complexity": torch.tensor([ex.complexity for ex in examples])}
 
 
+def cls_position_labels(batch: dict, targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Per-position targets for a cls_batch: each example's list from the position after the
+    CLS token, -100 (none) elsewhere, padding included."""
+    labels = torch.full_like(batch["input_ids"], -100)
+    for row, row_targets in enumerate(targets):
+        labels[row, 1:1 + len(row_targets)] = torch.tensor(row_targets, dtype=labels.dtype)
+    return labels
+
+
 def answer_batch(token_lists: Sequence[Sequence[int]], answers: Sequence[int], examples) -> dict:
     """An answer-token batch ("lm" interface): left padding, so that the last position reads
     the answer, with the answers as labels and the examples' complexities."""

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import Task, cls_batch
+from .base import Task, cls_batch, cls_position_labels
 from .family_tree import UNRELATED, Tree, fact, leaves, lineage, sibling_path
 
 NAMES = [f"n{i}" for i in range(40)]  # a chain of 12 facts and its distractors name <= 29
@@ -74,10 +74,15 @@ class FamilyExample:
     targets: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
 
+def query_start(words: list[str]) -> int:
+    """Where the query begins: after the last fact's "."."""
+    return len(words) - words[::-1].index(".")
+
+
 def surface(words: list[str]) -> tuple:
     """What is read without following the chain: the stated relation, and for each of A and
     B whether some fact makes them a parent, a child, a sibling."""
-    query = words[len(words) - words[::-1].index("."):]
+    query = words[query_start(words):]
     a, b = query[0], query[-2]
     roles = {a: [False] * 3, b: [False] * 3}
     converse = {"parent": "child", "child": "parent", "sibling": "sibling"}
@@ -128,7 +133,7 @@ def draw(complexity: int, rng: random.Random, distractors: int | None = None) ->
 
 def mentions(words: list[str]) -> list[int]:
     """Per word: 0 at a fact's mention of A, 1 of B, 2 of anyone else; -100 elsewhere."""
-    query = len(words) - words[::-1].index(".")  # the query follows the last fact
+    query = query_start(words)
     a, b = words[query], words[-2]
     return [(0 if w == a else 1 if w == b else 2) if i < query and w in NAME_SET else -100
             for i, w in enumerate(words)]
@@ -198,10 +203,7 @@ class FamilyRelations(Task):
     def collate(self, examples) -> dict[str, torch.Tensor]:
         batch = cls_batch([[TOKEN[w] for w in ex.words] for ex in examples], examples,
                           TOKEN["<cls>"])
-        if self.num_position_classes:  # after the CLS token, right-padded like the inputs
-            labels = torch.full_like(batch["input_ids"], -100)
-            for row, ex in enumerate(examples):
-                targets = ex.targets if self.relation_targets else mentions(ex.words)
-                labels[row, 1:1 + len(targets)] = torch.tensor(targets)
-            batch["position_labels"] = labels
+        if self.num_position_classes:
+            batch["position_labels"] = cls_position_labels(batch, [
+                ex.targets if self.relation_targets else mentions(ex.words) for ex in examples])
         return batch
