@@ -192,3 +192,20 @@ def test_the_matching_probes_label_what_they_say(monkeypatch):
                              "--size", "1", "--updates", "1", "--targets", "mention"],
                             capture_output=True, text=True, timeout=120)
     assert family.returncode == 0 and "update 1: loss" in family.stdout, family.stderr
+
+
+def test_init_scale_measures_attention_at_the_start(monkeypatch, capsys):
+    """docs/examples/init_scale.py: larger initial weights give more peaked attention and a
+    larger share of the gradient to the queries; the patched attention is restored."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import init_scale
+    import loopformer.model.attention as attention
+
+    before = attention.attend
+    init_scale.main(["--stds", "0.02", "0.1", "--examples", "8", "--steps", "2"])
+    assert attention.attend is before
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| 0.")]
+    entropy, share = [[float(row[i]) for row in rows] for i in (1, 8)]
+    assert len(rows) == 2 and 0.99 < entropy[0] <= 1.0 and entropy[1] < entropy[0]
+    assert share[1] > 3 * share[0]
