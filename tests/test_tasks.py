@@ -311,6 +311,12 @@ def test_composition_world_and_splits():
     assert keys["train"] == {task.key(ex) for ex in task.trained_queries}
     assert not keys["id"] & keys["train"] and not keys["ood"] & (keys["id"] | keys["train"])
     assert len(task.train_set(0, 0)) == len(task.facts) + len(task.trained_queries)
+    repeated = make_task("composition", num_entities=60, num_relations=8, facts_per_entity=4,
+                         ood_fraction=0.2, inferred_ratio=2.0, atomic_repeat=3).train_set(0, 0)
+    assert sum(ex.complexity == 1 for ex in repeated) == 3 * len(task.facts)
+    assert sum(ex.complexity == 2 for ex in repeated) == len(task.trained_queries)
+    with pytest.raises(ValueError, match="atomic_repeat"):
+        make_task("composition", atomic_repeat=0)
     batch = task.collate(splits["ood"][:3])
     assert batch["input_ids"].shape == (3, 3) and int(batch["input_ids"][:, 1:].min()) >= E
     assert "position_labels" not in batch

@@ -15,6 +15,11 @@ Complexity = hops (1 atomic, 2 two-hop).
 key "position_labels"): the head itself, and after a relation the entity reached so far (the
 bridge, itself an atomic fact's answer), so that an input entity and a computed one are read
 out alike. An experiment: it did not bring OOD composition closer (docs/results.md).
+
+`atomic_repeat` puts every atomic fact that many times into the training set, so that a batch
+holds that many times more of them beside the same two-hop queries: the OOD facts are supported
+by their atomic examples alone (the ID facts by their compositions too), and under weight decay
+the model forgets a share of them (docs/results.md).
 """
 
 from __future__ import annotations
@@ -43,15 +48,18 @@ class Composition(Task):
     def __init__(self, num_entities: int = 200, num_relations: int = 20,
                  facts_per_entity: int = 10, ood_fraction: float = 0.1,
                  inferred_ratio: float = 3.6, world_seed: int = 0,
-                 entity_targets: bool = False):
+                 entity_targets: bool = False, atomic_repeat: int = 1):
         if not 1 <= facts_per_entity <= num_relations:
             raise ValueError(f"facts_per_entity must lie in [1, num_relations = "
                              f"{num_relations}], got {facts_per_entity}")
+        if atomic_repeat < 1:
+            raise ValueError(f"atomic_repeat must be >= 1, got {atomic_repeat}")
         if not 0 < ood_fraction < 1 or inferred_ratio <= 0:
             raise ValueError(f"ood_fraction must lie in (0, 1) and inferred_ratio be > 0, got "
                              f"{ood_fraction} and {inferred_ratio}")
         E, R = num_entities, num_relations
         self.num_entities, self.entity_targets = E, entity_targets
+        self.atomic_repeat = atomic_repeat
         self.vocab_size = self.num_classes = E + R  # entities, then relations
         self.max_len = 3
         self.train_complexities, self.test_complexities = (1, 2), (2,)
@@ -93,9 +101,10 @@ class Composition(Task):
         return rng.choice(self.held_out_queries)
 
     def train_set(self, n: int, seed: int, complexities=None) -> list:
-        """Every atomic fact and the trained two-hop queries (n is ignored: the world decides)."""
+        """Every atomic fact (atomic_repeat times) and the trained two-hop queries (n is
+        ignored: the world decides)."""
         atomic = [CompositionExample(h, (r,), t, 1) for (h, r), t in sorted(self.facts.items())]
-        return atomic + list(self.trained_queries)
+        return atomic * self.atomic_repeat + list(self.trained_queries)
 
     def eval_splits(self, n: int, seed: int, exclude=frozenset()) -> dict[str, list]:
         """Up to n queries from each of: trained two-hop, held-out ID two-hop, OOD two-hop."""
