@@ -310,6 +310,8 @@ def test_composition_world_and_splits():
     keys = {name: {task.key(ex) for ex in found} for name, found in splits.items()}
     assert keys["train"] == {task.key(ex) for ex in task.trained_queries}
     assert not keys["id"] & keys["train"] and not keys["ood"] & (keys["id"] | keys["train"])
+    assert {(ex.head, ex.relations[0]) for ex in splits["ood_atomic"]} == task.ood_facts
+    assert all(task.facts[ex.head, ex.relations[0]] == ex.answer for ex in splits["ood_atomic"])
     assert len(task.train_set(0, 0)) == len(task.facts) + len(task.trained_queries)
     repeated = make_task("composition", num_entities=60, num_relations=8, facts_per_entity=4,
                          ood_fraction=0.2, inferred_ratio=2.0, atomic_repeat=3).train_set(0, 0)

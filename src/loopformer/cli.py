@@ -160,7 +160,7 @@ def adaptive(run_dir: Positional[Path],
 def curves(run_dir: Positional[Path]) -> None:
     """Plot a run's training and held-out accuracy against updates into DIR/curves.png, and
     print the first update at which each held-out complexity (or named set: composition's
-    train / id / ood) reached 0.95."""
+    train / id / ood / ood_atomic) reached 0.95."""
     from .evaluation.plotting import eval_label, plot_curves
     from .training.run import read_metrics
 

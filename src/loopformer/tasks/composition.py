@@ -8,7 +8,8 @@ distribution (ID). Training holds every atomic fact (input `h r`) and a subset o
 queries (h, r1, r2) -> r2(r1(h)) whose two atomic facts are both ID, `inferred_ratio` times as
 many as the atomic facts (Wang et al.'s phi). Evaluation asks three sets: trained two-hop
 queries ("train"), held-out ID two-hop queries ("id"), and OOD two-hop queries, both of whose
-atomic facts are OOD, so neither ever appeared in a trained composition ("ood").
+atomic facts are OOD, so neither ever appeared in a trained composition ("ood"); and, as a
+probe, the OOD atomic facts themselves ("ood_atomic").
 Complexity = hops (1 atomic, 2 two-hop).
 
 `entity_targets` labels every position before the answer with the entity it stands for (batch
@@ -107,11 +108,15 @@ class Composition(Task):
         return atomic * self.atomic_repeat + list(self.trained_queries)
 
     def eval_splits(self, n: int, seed: int, exclude=frozenset()) -> dict[str, list]:
-        """Up to n queries from each of: trained two-hop, held-out ID two-hop, OOD two-hop."""
+        """Up to n queries from each of: trained two-hop, held-out ID two-hop, OOD two-hop,
+        and the OOD atomic facts as one-hop queries ("ood_atomic", trained: whether the model
+        still knows the facts the OOD queries are made of)."""
         rng = random.Random(seed)
         pick = lambda pool: rng.sample(pool, min(n, len(pool)))
+        ood_atomic = [CompositionExample(h, (r,), self.facts[h, r], 1)
+                      for h, r in sorted(self.ood_facts)]
         return {"train": pick(self.trained_queries), "id": pick(self.held_out_queries),
-                "ood": pick(self.ood_queries)}
+                "ood": pick(self.ood_queries), "ood_atomic": pick(ood_atomic)}
 
     def collate(self, examples) -> dict[str, torch.Tensor]:
         E = self.num_entities
