@@ -209,3 +209,42 @@ def test_init_scale_measures_attention_at_the_start(monkeypatch, capsys):
     entropy, share = [[float(row[i]) for row in rows] for i in (1, 8)]
     assert len(rows) == 2 and 0.99 < entropy[0] <= 1.0 and entropy[1] < entropy[0]
     assert share[1] > 3 * share[0]
+
+
+def test_composition_parts_splits_ood_failures_into_facts_and_composing(monkeypatch):
+    """docs/examples/composition_parts.py, on a stand-in model that knows every fact but a
+    chosen set and composes whatever it knows: OOD queries with both facts known are all
+    right, the others all wrong, and the shares match a count over the facts."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import composition_parts
+    from types import SimpleNamespace
+
+    task = make_task("composition", num_entities=60, num_relations=8, facts_per_entity=4,
+                     ood_fraction=0.2, inferred_ratio=2.0)
+    E = task.num_entities
+    forgotten = set(sorted(task.ood_facts)[::3])
+
+    def walk(tokens):
+        entity = tokens[0]
+        for r in tokens[1:]:
+            if (entity, r - E) in forgotten:
+                return (task.facts[entity, r - E] + 1) % E  # a wrong entity
+            entity = task.facts[entity, r - E]
+        return entity
+
+    def model(batch, steps):
+        rows = [[t for t, m in zip(ids, mask) if m] for ids, mask in
+                zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())]
+        answers = torch.tensor([walk(row) for row in rows])
+        return SimpleNamespace(logits=[torch.nn.functional.one_hot(answers, task.vocab_size)
+                                       .float()])
+
+    found = composition_parts.parts(task, model, steps=4)
+    known = [not ({(q.head, q.relations[0]),
+                   (task.facts[q.head, q.relations[0]], q.relations[1])} & forgotten)
+             for q in task.ood_queries]
+    assert 0 < sum(known) < len(known)
+    assert found["both facts known"] == pytest.approx(sum(known) / len(known))
+    assert found["OOD | both known"] == 1.0 and found["OOD | not both"] == 0.0
+    assert found["atomic ID"] == found["two-hop ID"] == 1.0
+    assert found["atomic OOD"] == pytest.approx(1 - len(forgotten) / len(task.ood_facts))
