@@ -97,3 +97,22 @@ def test_generate_compile_true_compiles_once_for_every_prompt_length_in_a_bucket
     # once, as every length here shares a capacity of 64 tokens.
     assert 0 < counts[1] == counts[2]
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kv_heads,v_dim,masked,scale", [(4, 8, True, None), (2, 8, False, None),
+                                                         (4, 6, True, 0.3)])
+def test_one_query_attention_equals_sdpa(kv_heads, v_dim, masked, scale):
+    """The matmul form compiled CPU decoding uses: grouped heads, a key mask, MLA's own value
+    width and scale."""
+    import torch.nn.functional as F
+    from loopformer.model.attention import attend_one_query
+    q, k = torch.randn(3, 4, 1, 8), torch.randn(3, kv_heads, 11, 8)
+    v = torch.randn(3, kv_heads, 11, v_dim)
+    mask = torch.rand(3, 1, 1, 11) < 0.6 if masked else None
+    if masked:
+        mask[..., 0] = True  # every row sees a key
+    groups = 4 // kv_heads
+    expected = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), attn_mask=mask,
+        scale=scale)
+    torch.testing.assert_close(attend_one_query(q, k, v, mask, scale), expected)

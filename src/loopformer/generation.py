@@ -63,7 +63,7 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
     pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
     options = dict(generator=generator, exit_criterion=exit_criterion,
                    exit_threshold=exit_threshold, min_steps=min_steps, use_cache=True)
-    tokens = input_ids
+    new_tokens = []  # joined once at the end: no copy of the whole sequence per token
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     if compile and not is_compiled(model):
         compile_regions(model)
@@ -80,13 +80,13 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
             next_token = torch.where(finished, torch.full_like(next_token, pad_token_id),
                                      next_token)
             finished |= next_token == eos_token_id
-        tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+        new_tokens.append(next_token)
         if streamer is not None:
             streamer(next_token, steps[:, -1] if steps is not None else
                      torch.full_like(next_token, depth.total))
         if eos_token_id is not None and bool(finished.all()):
             break
-        if tokens.shape[1] == total:
+        if len(new_tokens) == max_new_tokens:
             break
         initial_state = state if warm_start else None
         if decoder is not None:
@@ -97,7 +97,7 @@ def generate(model: LoopLM, input_ids: torch.Tensor, max_new_tokens: int = 16, n
             logits, steps, state = out.logits[:, -1], out.steps, out.state[:, -1:]
     if decoder is not None:
         decoder.finish()
-    return tokens
+    return torch.cat((input_ids, *(token[:, None] for token in new_tokens)), dim=1)
 
 
 def is_compiled(model: LoopLM) -> bool:

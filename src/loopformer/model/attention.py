@@ -48,6 +48,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionCont
            scale: float | None = None) -> torch.Tensor:
     """SDPA over (B, heads, T, dim) queries and (B, kv_heads, T_keys, dim) keys and values;
     each kv head serves n_heads / kv_heads query heads. `scale`: SDPA's (None: 1/sqrt(dim))."""
+    if q.shape[-2] == 1 and not ctx.is_causal and q.device.type == "cpu" and \
+            torch.compiler.is_compiling():
+        return attend_one_query(q, k, v, ctx.mask, scale)
     gqa = {}
     if k.shape[1] != q.shape[1]:
         if SDPA_HAS_GQA:  # torch >= 2.5 shares each kv head across its group, no copies
@@ -57,3 +60,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionCont
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal,
                                           scale=scale, **gqa)
+
+
+def attend_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None, scale: float | None = None) -> torch.Tensor:
+    """`attend` for one query per row as two matmuls and a softmax. Compiled decoding on a CPU
+    uses it: inductor fuses these with the projections around them, where SDPA stays a library
+    call of ~25 us per block (+15-20% tokens/s, docs/performance.md)."""
+    B, H, _, D = q.shape
+    H_kv = k.shape[1]
+    rows = q.reshape(B, H_kv, H // H_kv, D)  # each kv head's query heads as rows
+    scores = (rows @ k.transpose(-1, -2)).float() * (D ** -0.5 if scale is None else scale)
+    if mask is not None:  # (B, 1, 1, T_keys) broadcasts over heads and rows
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1).to(v.dtype) @ v).reshape(B, H, 1, v.shape[-1])
