@@ -340,3 +340,31 @@ def test_a_trainer_state_carrying_code_is_refused_not_run(tmp_path):
         Trainer(SMALL_GRAPH, small_config(updates=4), tmp_path, progress=False).fit(resume=True)
     assert not marker.exists()
     load_run(tmp_path)  # evaluation never reads the trainer state
+
+
+def test_group_by_length_cuts_padding_and_draws_each_window_once():
+    """Logic expressions of depths 1-8 vary in length: a window of 4 batches drawn together
+    and sorted by length pads less than batches drawn alone, its batches are disjoint, and a
+    fresh source (a resumed run) draws the same batch for the same update."""
+    from loopformer.config import ModelConfig
+    from loopformer.training.sources import ExampleSource
+
+    def source(group):
+        cfg = TrainConfig(task="logic", train_examples=400, batch_size=16, eval_examples=4,
+                          group_by_length=group)
+        return ExampleSource(cfg, ModelConfig(vocab_size=16, d_model=16, n_heads=2))
+
+    alone, grouped = source(0), source(4)
+    batches = [grouped.batch(u) for u in range(4)]
+    width = lambda batch: batch["input_ids"].numel()
+    assert sum(map(width, batches)) < 0.9 * sum(width(alone.batch(u)) for u in range(4))
+    pool = list(range(len(grouped.train_set)))
+    drawn = [i for u in range(4) for i in grouped._grouped_batch(u, 4, pool)]
+    assert len(set(drawn)) == 64  # the window's batches are disjoint
+    assert torch.equal(source(4).batch(2)["input_ids"], batches[2]["input_ids"])
+    assert not torch.equal(grouped.batch(4)["input_ids"], batches[0]["input_ids"])
+
+
+def test_group_by_length_is_refused_for_text():
+    with pytest.raises(ValueError, match="group_by_length"):
+        TrainConfig(task="text", group_by_length=4)

@@ -60,6 +60,12 @@ class Task(ABC):
         """n examples spread evenly over the training complexities."""
         return self.examples(n, complexities or self.train_complexities, seed)
 
+    def length(self, example) -> int:
+        """How long the example is once collated (what padding follows): by default the widest
+        per-position tensor of the example collated alone. Override with something cheaper."""
+        batch = self.collate([example])
+        return max((t.shape[1] for t in batch.values() if t.dim() >= 2), default=1)
+
     def key(self, example) -> Hashable:
         """What makes two examples the same question (the eval sets leave out training keys)."""
         return repr(example)

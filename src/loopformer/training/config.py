@@ -68,6 +68,10 @@ class TrainConfig(DictConfig):
     fixed_point_warmup: int = 0
     """The fixed-point weight rises linearly from 0 over this many updates, so that the
     penalty does not hold the states still before the model has learned to use them."""
+    group_by_length: int = 0
+    """Draw this many batches' examples at once, sort them by length and cut them into
+    batches of similar length, in a shuffled order: less padding per update (reasoning tasks;
+    0 = off, every batch drawn alone)."""
     curriculum: bool = False
     """Start on the two easiest levels; add one once the hardest is solved."""
     curriculum_threshold: float = 0.95
@@ -99,6 +103,9 @@ class TrainConfig(DictConfig):
         if self.task not in (*TASKS, "text") and ":" not in self.task:
             raise ValueError(f"TrainConfig.task must be one of {sorted(TASKS)}, 'text' or "
                              f"package.module:ClassName (a Task of your own), got {self.task!r}")
+        if self.group_by_length and self.task == "text":
+            raise ValueError("TrainConfig.group_by_length groups a reasoning task's examples; "
+                             "text windows all have the same length: leave it 0")
         if self.data and self.task != "text":
             raise ValueError(f"TrainConfig.data (--data) is a corpus for task 'text'; task "
                              f"{self.task!r} generates its own examples")
@@ -116,7 +123,7 @@ class TrainConfig(DictConfig):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
         for name in ("seed", "warmup_updates", "weight_decay", "ponder_cost",
-                     "fixed_point_weight", "fixed_point_warmup"):
+                     "fixed_point_weight", "fixed_point_warmup", "group_by_length"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not all(0.0 <= b < 1.0 for b in self.betas):

@@ -42,6 +42,7 @@ class ExampleSource:
         self.eval_sets = eval_batches(self.task, self.levels, cfg.eval_examples, cfg.seed, keys)
         self._full_batch: tuple[int, dict] | None = None
         self._covered_level_accuracy: float | None = None
+        self._lengths: np.ndarray | None = None  # each training example's, for group_by_length
 
     def build_model(self) -> TaskModel:
         return build_task_model(self.task, self.model_cfg)
@@ -60,9 +61,26 @@ class ExampleSource:
                 full = self.task.collate([self.train_set[i] for i in pool])
                 self._full_batch = (self.max_level, full)
             return self._full_batch[1]
+        group = self.cfg.group_by_length
+        if group > 1 and group * self.cfg.batch_size <= len(pool):
+            return self.task.collate([self.train_set[pool[i]] for i in
+                                      self._grouped_batch(update, group, pool)])
         rng = np.random.default_rng([self.cfg.seed, update, 0xBA7C])
         chosen = rng.choice(len(pool), size=self.cfg.batch_size, replace=False)
         return self.task.collate([self.train_set[pool[i]] for i in sorted(chosen)])
+
+    def _grouped_batch(self, update: int, group: int, pool: list[int]) -> np.ndarray:
+        """Positions in `pool` of this update's batch: the `group` updates of its window draw
+        their examples together, sorted by length and cut into batches taken in a shuffled
+        order (a function of the update and the pool, so a resumed run draws the same)."""
+        if self._lengths is None:
+            self._lengths = np.array([self.task.length(ex) for ex in self.train_set])
+        size = self.cfg.batch_size
+        rng = np.random.default_rng([self.cfg.seed, update // group, 0x6E0B])
+        drawn = rng.choice(len(pool), size=group * size, replace=False)
+        by_length = drawn[np.argsort(self._lengths[np.asarray(pool)[drawn]], kind="stable")]
+        part = rng.permutation(group)[update % group]
+        return by_length[part * size:(part + 1) * size]
 
     def evaluate(self, model: TaskModel, steps: int | str) -> dict:
         """Accuracy per held-out complexity at `steps`, or "task": each example's own."""
