@@ -66,7 +66,7 @@ def attend_one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      mask: torch.Tensor | None, scale: float | None = None) -> torch.Tensor:
     """`attend` for one query per row as two matmuls and a softmax. Compiled decoding on a CPU
     uses it: inductor fuses these with the projections around them, where SDPA stays a library
-    call of ~25 us per block (+15-20% tokens/s, docs/performance.md)."""
+    call of ~25 us per block (+9-13% tokens/s at batch 1, docs/performance.md)."""
     B, H, _, D = q.shape
     H_kv = k.shape[1]
     rows = q.reshape(B, H_kv, H // H_kv, D)  # each kv head's query heads as rows
