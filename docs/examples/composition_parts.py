@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from loopformer.evaluation.scoring import is_correct
-from loopformer.tasks.composition import CompositionExample
 from loopformer.training.run import load_run
 
 
@@ -30,25 +29,20 @@ def right(task, model, examples: list, steps: int) -> torch.Tensor:
     return is_correct(model(batch, steps).logits[-1], batch["label"])  # logits: per step
 
 
-def one_hop(h: int, r: int, t: int) -> CompositionExample:
-    return CompositionExample(h, (r,), t, 1)
-
-
 def parts(task, model, steps: int) -> dict[str, float]:
     mean = lambda found: float(found.float().mean()) if len(found) else float("nan")
-    facts = sorted(task.facts.items())
+    facts = sorted(task.facts)
     queries = task.ood_queries
     bridges = [task.facts[q.head, q.relations[0]] for q in queries]
-    first = right(task, model, [one_hop(q.head, q.relations[0], b)
-                                for q, b in zip(queries, bridges)], steps)
-    second = right(task, model, [one_hop(b, q.relations[1], q.answer)
+    first = right(task, model, [task.one_hop(q.head, q.relations[0]) for q in queries], steps)
+    second = right(task, model, [task.one_hop(b, q.relations[1])
                                  for q, b in zip(queries, bridges)], steps)
     two_hop = right(task, model, queries, steps)
     known = first & second
     return {
-        "atomic ID": mean(right(task, model, [one_hop(h, r, t) for (h, r), t in facts
+        "atomic ID": mean(right(task, model, [task.one_hop(h, r) for h, r in facts
                                               if (h, r) not in task.ood_facts], steps)),
-        "atomic OOD": mean(right(task, model, [one_hop(h, r, t) for (h, r), t in facts
+        "atomic OOD": mean(right(task, model, [task.one_hop(h, r) for h, r in facts
                                                if (h, r) in task.ood_facts], steps)),
         "two-hop ID": mean(right(task, model, task.held_out_queries, steps)),
         "two-hop OOD": mean(two_hop),

@@ -86,6 +86,9 @@ class Composition(Task):
         trained = min(round(inferred_ratio * len(self.facts)), len(id_queries) * 9 // 10)
         self.trained_queries, self.held_out_queries = id_queries[:trained], id_queries[trained:]
 
+    def one_hop(self, h: int, r: int) -> CompositionExample:
+        return CompositionExample(h, (r,), self.facts[h, r], 1)
+
     def two_hop(self, h: int, r1: int, r2: int) -> CompositionExample:
         return CompositionExample(h, (r1, r2), self.facts[self.facts[h, r1], r2], 2)
 
@@ -97,14 +100,13 @@ class Composition(Task):
         """An atomic fact, or a held-out in-distribution two-hop query."""
         self.check_complexity(complexity)
         if complexity == 1:
-            (h, r), t = rng.choice(sorted(self.facts.items()))
-            return CompositionExample(h, (r,), t, 1)
+            return self.one_hop(*rng.choice(sorted(self.facts)))
         return rng.choice(self.held_out_queries)
 
     def train_set(self, n: int, seed: int, complexities=None) -> list:
         """Every atomic fact (atomic_repeat times) and the trained two-hop queries (n is
         ignored: the world decides)."""
-        atomic = [CompositionExample(h, (r,), t, 1) for (h, r), t in sorted(self.facts.items())]
+        atomic = [self.one_hop(h, r) for h, r in sorted(self.facts)]
         return atomic * self.atomic_repeat + list(self.trained_queries)
 
     def eval_splits(self, n: int, seed: int, exclude=frozenset()) -> dict[str, list]:
@@ -113,8 +115,7 @@ class Composition(Task):
         still knows the facts the OOD queries are made of)."""
         rng = random.Random(seed)
         pick = lambda pool: rng.sample(pool, min(n, len(pool)))
-        ood_atomic = [CompositionExample(h, (r,), self.facts[h, r], 1)
-                      for h, r in sorted(self.ood_facts)]
+        ood_atomic = [self.one_hop(h, r) for h, r in sorted(self.ood_facts)]
         return {"train": pick(self.trained_queries), "id": pick(self.held_out_queries),
                 "ood": pick(self.ood_queries), "ood_atomic": pick(ood_atomic)}
 
