@@ -1,5 +1,6 @@
 """Each generator's labels are checked by an independent solver."""
 
+import ast
 import random
 
 import pytest
@@ -67,6 +68,42 @@ def python_value(text: str) -> bool:
 def test_logic_labels_match_python_eval(seed, depth):
     ex = make_task("logic").sample(depth, random.Random(seed))
     assert python_value(ex.text) == bool(ex.label)
+
+
+def python_operands(text: str) -> list[int]:
+    """Per symbol, the value of the outermost operand ending there (-100: none), from Python's
+    own parser: ! & | map one to one onto ~ & |, which Python ranks in the same order."""
+    tree = ast.parse(text.translate(str.maketrans("!", "~")), mode="eval").body
+    values = [-100] * len(text)
+
+    def visit(node) -> bool:  # children first, so that outer operands overwrite inner ones
+        if isinstance(node, ast.Name):
+            value = node.id == "T"
+        elif isinstance(node, ast.UnaryOp):
+            value = not visit(node.operand)
+        else:
+            left, right = visit(node.left), visit(node.right)
+            value = (left and right) if isinstance(node.op, ast.BitAnd) else (left or right)
+        end = node.end_col_offset - 1
+        if node.col_offset > 0 and text[node.col_offset - 1] == "(" and \
+                end + 1 < len(text) and text[end + 1] == ")":
+            end += 1  # the fewest parentheses: one pair, around exactly this operand
+        values[end] = int(value)
+        return value
+
+    visit(tree)
+    return values
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), depth=st.integers(1, 10))
+def test_logic_operand_targets_match_pythons_parse(seed, depth):
+    task = make_task("logic", operand_targets=True)
+    ex = task.sample(depth, random.Random(seed))
+    labels = task.collate([ex])["position_labels"][0].tolist()
+    assert labels[0] == -100 and labels[1:] == python_operands(ex.text)
+    assert labels[-1] == ex.label  # the whole expression ends on the last symbol
+    assert "position_labels" not in make_task("logic").collate([ex])
 
 
 def test_logic_depth_grows_and_labels_balance():

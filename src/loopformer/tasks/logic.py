@@ -10,6 +10,12 @@ Chen's weights keep the trained depths short (depth 8: 26 symbols at the median,
 not by nesting (docs/results.md). `train_length_mix` draws that fraction of the training
 expressions with uniform sibling weights instead: the same depths, longer (depth 8: 47 and
 111). Evaluation always uses Chen's weights.
+
+`operand_targets` labels the last symbol of every operand with the operand's value (batch key
+"position_labels"; where several operands end at one symbol, the outermost, chains of one
+operator read left to right): every subexpression becomes a target of its own, a curriculum
+inside each expression, as parity's running targets are. The whole expression's value lands
+on its last symbol; the CLS readout is still what is evaluated.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Task, cls_batch
+from .base import Task, cls_batch, cls_position_labels
 
 SYMBOLS = ["<pad>", "<cls>", "T", "F", "&", "|", "!", "(", ")"]
 TOKEN = {s: i for i, s in enumerate(SYMBOLS)}
@@ -72,6 +78,43 @@ def render(tree) -> str:
     return "!" + parts[0] if op == "!" else op.join(parts)
 
 
+def operand_values(text: str) -> list[int]:
+    """Per symbol: the value (1/0) of the outermost operand ending there, -100 where none ends
+    (an operator or an opening parenthesis); a parenthesised operand ends at its ")". Parsed
+    from the text with the task's precedence, so that equal texts get equal targets whichever
+    way their tree associated."""
+    marks: list[list[int]] = [[] for _ in text]  # per symbol, operands ending there, inner first
+    pos = 0
+
+    def mark(value: bool) -> bool:
+        marks[pos - 1].append(int(value))
+        return value
+
+    def chain(operator: str, operand) -> bool:  # a | b | c, read left to right
+        nonlocal pos
+        value = operand()
+        while pos < len(text) and text[pos] == operator:
+            pos += 1
+            right = operand()
+            value = mark((value or right) if operator == "|" else (value and right))
+        return value
+
+    def unary() -> bool:
+        nonlocal pos
+        pos += 1
+        if text[pos - 1] == "!":
+            return mark(not unary())
+        if text[pos - 1] == "(":
+            value = chain("|", lambda: chain("&", unary))
+            marks[pos - 1].pop()  # the group itself: it ends at its ")"
+            pos += 1
+            return mark(value)
+        return mark(text[pos - 1] == "T")
+
+    chain("|", lambda: chain("&", unary))
+    return [ends[-1] if ends else -100 for ends in marks]
+
+
 def _cap(k: int, limit: int) -> int:
     return max(-limit, min(limit, k))
 
@@ -97,7 +140,7 @@ class NestedLogic(Task):
 
     def __init__(self, train_complexities=tuple(range(1, 9)),
                  test_complexities=(2, 4, 6, 8, 10, 12, 14), max_len: int = 512,
-                 train_length_mix: float = 0.0):
+                 train_length_mix: float = 0.0, operand_targets: bool = False):
         if not 0.0 <= train_length_mix <= 1.0:
             raise ValueError(f"logic: train_length_mix must lie in [0, 1] (the fraction of "
                              f"training expressions drawn longer), got {train_length_mix}")
@@ -105,6 +148,8 @@ class NestedLogic(Task):
         self.test_complexities = tuple(test_complexities)
         self.max_len = max_len
         self.train_length_mix = train_length_mix
+        self.operand_targets = operand_targets
+        self.num_position_classes = 2 if operand_targets else 0
         self._accept: dict[tuple, tuple] = {}
 
     def train_set(self, n: int, seed: int, complexities=None) -> list:
@@ -152,6 +197,13 @@ class NestedLogic(Task):
             if len(render(tree)) + 1 <= self.max_len:
                 return tree
 
+    def length(self, example: LogicExample) -> int:
+        return len(example.text) + 1  # the CLS token first
+
     def collate(self, examples) -> dict[str, torch.Tensor]:
-        return cls_batch([[TOKEN[c] for c in ex.text] for ex in examples], examples,
-                         TOKEN["<cls>"])
+        batch = cls_batch([[TOKEN[c] for c in ex.text] for ex in examples], examples,
+                          TOKEN["<cls>"])
+        if self.operand_targets:
+            batch["position_labels"] = cls_position_labels(
+                batch, [operand_values(ex.text) for ex in examples])
+        return batch
