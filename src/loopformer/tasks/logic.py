@@ -99,19 +99,22 @@ def operand_values(text: str) -> list[int]:
             value = mark((value or right) if operator == "|" else (value and right))
         return value
 
+    def expression() -> bool:  # AND binds tighter than OR
+        return chain("|", lambda: chain("&", unary))
+
     def unary() -> bool:
         nonlocal pos
         pos += 1
         if text[pos - 1] == "!":
             return mark(not unary())
         if text[pos - 1] == "(":
-            value = chain("|", lambda: chain("&", unary))
+            value = expression()
             marks[pos - 1].pop()  # the group itself: it ends at its ")"
             pos += 1
             return mark(value)
         return mark(text[pos - 1] == "T")
 
-    chain("|", lambda: chain("&", unary))
+    expression()
     return [ends[-1] if ends else -100 for ends in marks]
 
 
