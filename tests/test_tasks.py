@@ -323,6 +323,23 @@ def test_parity_running_targets_by_counting():
     assert "position_labels" not in make_task("parity").collate(examples)
 
 
+def test_parity_due_steps_say_when_each_parity_arrives():
+    """Bit i's parity is due at step i + extra_steps - 1 and the answer's (at `=`) at n +
+    extra_steps, the task's own step count; BOS and padding have no due step (0)."""
+    task = make_task("parity", due_steps=True, extra_steps=3)
+    rng = random.Random(1)
+    examples = [task.sample(n, rng) for n in (2, 6)]
+    batch = task.collate(examples)
+    for row, ex in enumerate(examples):
+        n, due = len(ex.bits), batch["position_due"][row].tolist()
+        assert due[-n - 1:] == [i + 2 for i in range(1, n + 2)]
+        assert due[-1] == task.thinking_steps(torch.tensor(n))
+        assert set(due[:-n - 1]) == {0}
+    assert "position_due" not in make_task("parity").collate(examples)
+    with pytest.raises(ValueError, match="extra_steps >= 1"):
+        make_task("parity", due_steps=True, extra_steps=0)
+
+
 def test_composition_world_and_splits():
     """Answers by a direct walk of the facts; trained compositions use ID facts only; the OOD
     queries' facts appear in no trained composition; the three sets are disjoint."""
@@ -385,3 +402,13 @@ def test_logic_length_mix_lengthens_training_only():
         [e.text for e in plain.eval_set(8, 20, seed=3)]
     with pytest.raises(ValueError, match="train_length_mix"):
         make_task("logic", train_length_mix=1.5)
+
+
+def test_logic_asks_one_step_per_level_of_nesting():
+    """With depth "task", a depth-d expression gets d + extra_steps thinking steps."""
+    task = make_task("logic", extra_steps=3)
+    batch = task.collate([task.sample(d, random.Random(d)) for d in (1, 5, 8)])
+    assert task.thinking_steps(batch["complexity"]).tolist() == [4, 8, 11]
+    assert make_task("logic").thinking_steps(torch.tensor([14])).tolist() == [16]
+    with pytest.raises(ValueError, match="extra_steps"):
+        make_task("logic", extra_steps=-1)

@@ -128,6 +128,31 @@ def test_position_labels_add_each_examples_mean_over_its_targets():
         graph.model(batch, 2)
 
 
+def test_fixed_point_penalty_spares_the_steps_up_to_each_positions_due_step():
+    """With "position_due" (parity's due_steps), a position's change is free in the two steps
+    up to its due step and in the first two steps; every other change counts, and the loss
+    adds the penalty so measured."""
+    due = torch.tensor([[0, 3, 5]])
+    penalty = StepChange(due)
+    penalty.start(torch.ones(1, 3, 2), Depth(0, 5))
+    for t in range(5):  # every position changes by 1/2 of its new norm at every step
+        penalty.observe(t, torch.ones(1, 3, 2) * 2 ** (t + 1))
+    counted = [[0, 0, 0], [0, 0, 0], [1, 0, 1], [1, 1, 0], [1, 1, 0]]  # steps 1..5
+    torch.testing.assert_close(penalty.value, torch.tensor(counted).float().mean() * 0.5)
+
+    trainer = small_recipe_trainer("parity", running_targets=True, due_steps=True)
+    batch = trainer.batch(0)
+    assert "position_due" in batch
+    plain, _ = loss_and_accuracy(trainer.model, batch, 6, alpha=0.0)
+    measured = StepChange(batch["position_due"])
+    trainer.model(batch, 6, observers=[measured])
+    loss, _ = loss_and_accuracy(trainer.model, batch, 6, alpha=0.0, fixed_point_weight=3.0)
+    torch.testing.assert_close(loss, plain + 3.0 * measured.value)
+    unscheduled = StepChange()
+    trainer.model(batch, 6, observers=[unscheduled])
+    assert measured.value < unscheduled.value
+
+
 def test_a_classifier_task_with_position_targets_trains_its_position_head():
     """Family's relation targets: a classifier gets a per-position head of the task's width,
     and the loss trains it; without the option the model has no such head."""

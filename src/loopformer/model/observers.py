@@ -65,7 +65,17 @@ class StateCollector(StepObserver):
 class StepChange(StepObserver):
     """The mean relative state change ||s_t - s_(t-1)|| / ||s_t|| over tokens and gradient
     steps: the penalty of a fixed-point objective (TrainConfig.fixed_point_weight). Its norm,
-    not its square, so that a few large changes cost less than a steady drift."""
+    not its square, so that a few large changes cost less than a steady drift.
+
+    `due` (B, T), a schedule of per-position targets (batch key "position_due", 0: none):
+    a position's change is free in the first `settle` steps and in the two steps up to its due
+    step, where its target arrives; every other change counts (the mean stays over all
+    tokens)."""
+
+    settle = 2
+
+    def __init__(self, due: torch.Tensor | None = None):
+        self.due = due
 
     def start(self, state, depth):
         self.previous, self.first, self.terms = state, depth.no_grad, []
@@ -75,7 +85,11 @@ class StepChange(StepObserver):
         if step >= self.first:
             change = (state - self.previous).pow(2).sum(-1).add(1e-12).sqrt()
             # A detached norm: the model cannot shrink the ratio by inflating its states.
-            self.terms.append((change / state.detach().norm(dim=-1).clamp_min(1e-6)).mean())
+            change = change / state.detach().norm(dim=-1).clamp_min(1e-6)
+            if self.due is not None:
+                arriving = (self.due > 0) & (self.due - 1 <= step + 1) & (step + 1 <= self.due)
+                change = change * ~(arriving | (step + 1 <= self.settle))
+            self.terms.append(change.mean())
         self.previous = state
         return None
 

@@ -16,6 +16,10 @@ expressions with uniform sibling weights instead: the same depths, longer (depth
 operator read left to right): every subexpression becomes a target of its own, a curriculum
 inside each expression, as parity's running targets are. The whole expression's value lands
 on its last symbol; the CLS readout is still what is evaluated.
+
+With TrainConfig.depth = "task" an expression of depth d gets d + `extra_steps` thinking
+steps (one per level of nesting), where a draw from a fixed range gives a deep expression as
+few steps as a shallow one.
 """
 
 from __future__ import annotations
@@ -143,10 +147,14 @@ class NestedLogic(Task):
 
     def __init__(self, train_complexities=tuple(range(1, 9)),
                  test_complexities=(2, 4, 6, 8, 10, 12, 14), max_len: int = 512,
-                 train_length_mix: float = 0.0, operand_targets: bool = False):
+                 train_length_mix: float = 0.0, operand_targets: bool = False,
+                 extra_steps: int = 2):
         if not 0.0 <= train_length_mix <= 1.0:
             raise ValueError(f"logic: train_length_mix must lie in [0, 1] (the fraction of "
                              f"training expressions drawn longer), got {train_length_mix}")
+        if extra_steps < 0:
+            raise ValueError(f"logic: extra_steps must be >= 0, got {extra_steps}")
+        self.extra_steps = extra_steps
         self.train_complexities = tuple(train_complexities)
         self.test_complexities = tuple(test_complexities)
         self.max_len = max_len
@@ -199,6 +207,10 @@ class NestedLogic(Task):
             tree = build(depth, rng, sibling_base)
             if len(render(tree)) + 1 <= self.max_len:
                 return tree
+
+    def thinking_steps(self, complexity: torch.Tensor) -> torch.Tensor:
+        """depth + extra_steps: one step per level of nesting, and a margin."""
+        return complexity + self.extra_steps
 
     def length(self, example: LogicExample) -> int:
         return len(example.text) + 1  # the CLS token first

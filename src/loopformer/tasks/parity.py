@@ -10,6 +10,14 @@ grows with the string, while a fixed-depth model has a fixed reach.
 `running_targets` adds the parity of the bits so far as a target at every bit's position
 (batch key "position_labels"): a denser training signal than the one answer, teaching the
 same one-bit-per-step rule from its short cases; evaluation still scores the answer alone.
+
+`due_steps` says when each position's parity is due: bit i's at step i + extra_steps - 1,
+the answer's at n + extra_steps, the step count the task asks for (batch key "position_due").
+The fixed-point penalty then spares a position's change in the two steps up to its due step,
+where its parity arrives, and prices every other change: a position waiting for the parity
+holds still however long it waits, so the parity finds the far positions of strings longer
+than any trained one as it found the trained ones, and a heavier penalty no longer slows it
+down (docs/results.md, parity).
 """
 
 from __future__ import annotations
@@ -37,14 +45,18 @@ class Parity(Task):
     vocab_size = num_classes = 4
 
     def __init__(self, train_bits: int = 12, test_complexities=(4, 8, 12, 16, 20, 24, 32),
-                 extra_steps: int = 2, max_bits: int = 64, running_targets: bool = False):
+                 extra_steps: int = 2, max_bits: int = 64, running_targets: bool = False,
+                 due_steps: bool = False):
         if not 1 <= train_bits <= max_bits or extra_steps < 0:
             raise ValueError(f"parity: train_bits must lie in [1, max_bits = {max_bits}] and "
                              f"extra_steps be >= 0, got {train_bits} and {extra_steps}")
+        if due_steps and extra_steps < 1:
+            raise ValueError("parity: due_steps needs extra_steps >= 1 (bit i's parity is due "
+                             f"at step i + extra_steps - 1), got {extra_steps}")
         self.train_complexities = tuple(range(1, train_bits + 1))
         self.test_complexities = tuple(test_complexities)
         self.extra_steps, self.max_bits = extra_steps, max_bits
-        self.running_targets = running_targets
+        self.running_targets, self.due_steps = running_targets, due_steps
         self.max_len = max_bits + 2
 
     def check_complexity(self, complexity: int) -> None:
@@ -69,4 +81,10 @@ class Parity(Task):
                 running = torch.tensor(ex.bits).cumsum(0) % 2
                 labels[row, -1 - len(ex.bits):-1] = running
             batch["position_labels"] = labels
+        if self.due_steps:  # left-padded like the inputs; 0: BOS and padding, nothing due
+            due = torch.zeros_like(batch["input_ids"])
+            for row, ex in enumerate(examples):
+                n = len(ex.bits)
+                due[row, -1 - n:] = torch.arange(1, n + 2) + self.extra_steps - 1
+            batch["position_due"] = due
         return batch

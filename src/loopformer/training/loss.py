@@ -14,7 +14,8 @@ from ..tasks.interfaces import TaskModel
 
 def loss_and_accuracy(model: TaskModel, batch: dict, depth: Depth | int, alpha: float,
                       ponder_cost: float = 0.0, fixed_point_weight: float = 0.0):
-    step_change = [StepChange()] if fixed_point_weight > 0 else []
+    # "position_due": when each position's answer arrives, a change the penalty spares
+    step_change = [StepChange(batch.get("position_due"))] if fixed_point_weight > 0 else []
     out = model(batch, depth, all_steps=alpha > 0, observers=step_change)
     # One label per example (tasks) or per position (text): both flatten to (N, classes).
     logits = [l.flatten(0, -2).float() for l in out.logits]
