@@ -67,10 +67,10 @@ class StepChange(StepObserver):
     steps: the penalty of a fixed-point objective (TrainConfig.fixed_point_weight). Its norm,
     not its square, so that a few large changes cost less than a steady drift.
 
-    `due` (B, T), a schedule of per-position targets (batch key "position_due", 0: none):
-    a position's change is free in the first `settle` steps and in the two steps up to its due
-    step, where its target arrives; every other change counts (the mean stays over all
-    tokens)."""
+    `due` (B, T), the step at which each position's answer is due (batch key
+    "position_due", 0: none): a position's change is free in the first `settle` steps and in
+    the two steps up to its due step, where its answer arrives; every other change counts (the
+    mean stays over all tokens)."""
 
     settle = 2
 
