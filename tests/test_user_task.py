@@ -127,7 +127,7 @@ def test_task_options_on_the_command_line_go_over_the_recipes():
     assert flags.train.task_options == {"inferred_ratio": 3.6, "atomic_repeat": 4,
                                         "entity_targets": True}
     flags, _ = parse_train_flags(["--task", "parity"])
-    assert flags.train.task_options == {"running_targets": True}
+    assert flags.train.task_options == {"running_targets": True, "due_steps": True}
     assert make_task("parity", running_targets="true").running_targets is True
     assert make_task("parity", running_targets="False").running_targets is False
     with pytest.raises(ValueError, match="running_targets"):
