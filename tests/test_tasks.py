@@ -412,3 +412,11 @@ def test_logic_asks_one_step_per_level_of_nesting():
     assert make_task("logic").thinking_steps(torch.tensor([14])).tolist() == [16]
     with pytest.raises(ValueError, match="extra_steps"):
         make_task("logic", extra_steps=-1)
+
+
+def test_logic_operand_heights_count_levels_not_parentheses():
+    """A literal is 0, a NOT or a whole chain of one operator one above its highest operand;
+    a group ends at its ")" with its content's height."""
+    from loopformer.tasks.logic import operand_heights
+    assert operand_heights("T&F&T|F") == [0, None, 1, None, 1, None, 2]
+    assert operand_heights("!(T|F)&T") == [None, None, 0, None, 0, 2, None, 3]

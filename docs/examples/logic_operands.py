@@ -20,43 +20,10 @@ from pathlib import Path
 import torch
 
 from loopformer.evaluation.scoring import is_correct
-from loopformer.tasks.logic import operand_values
+from loopformer.tasks.logic import operand_heights, operand_values
 from loopformer.training.run import load_run, training_keys
 
 HEIGHT_BINS = ((0, 0), (1, 1), (2, 2), (3, 4), (5, 6), (7, 9), (10, 99))
-
-
-def operand_heights(text: str) -> list[int | None]:
-    """Per symbol, the height of the outermost operand ending there (None: none ends), parsed
-    as `operand_values` parses: AND binds tighter than OR, a chain counts as one level."""
-    ends: list[list[int]] = [[] for _ in text]
-    pos = 0
-
-    def chain(operator: str, operand) -> int:
-        nonlocal pos
-        heights = [operand()]
-        while pos < len(text) and text[pos] == operator:
-            pos += 1
-            heights.append(operand())
-            ends[pos - 1].append(max(heights) + 1)
-        return ends[pos - 1][-1] if len(heights) > 1 else heights[0]
-
-    def unary() -> int:
-        nonlocal pos
-        pos += 1
-        if text[pos - 1] == "!":
-            height = unary() + 1
-        elif text[pos - 1] == "(":
-            height = chain("|", lambda: chain("&", unary))
-            ends[pos - 1].pop()  # the group itself ends at its ")"
-            pos += 1
-        else:
-            height = 0
-        ends[pos - 1].append(height)
-        return height
-
-    chain("|", lambda: chain("&", unary))
-    return [e[-1] if e else None for e in ends]
 
 
 @torch.no_grad()

@@ -87,39 +87,54 @@ def operand_values(text: str) -> list[int]:
     (an operator or an opening parenthesis); a parenthesised operand ends at its ")". Parsed
     from the text with the task's precedence, so that equal texts get equal targets whichever
     way their tree associated."""
-    marks: list[list[int]] = [[] for _ in text]  # per symbol, operands ending there, inner first
+    return [-100 if end is None else int(end[0]) for end in operands(text)]
+
+
+def operand_heights(text: str) -> list[int | None]:
+    """Per symbol: the height of the outermost operand ending there (None where none ends):
+    literals 0; a NOT, or a chain of one operator, one more than its highest operand;
+    parentheses add nothing."""
+    return [None if end is None else end[1] for end in operands(text)]
+
+
+def operands(text: str) -> list[tuple[bool, int] | None]:
+    """Per symbol: (value, height) of the outermost operand ending there, or None."""
+    marks: list[list[tuple[bool, int]]] = [[] for _ in text]  # operands ending here, inner first
     pos = 0
 
-    def mark(value: bool) -> bool:
-        marks[pos - 1].append(int(value))
-        return value
+    def mark(operand: tuple[bool, int]) -> tuple[bool, int]:
+        marks[pos - 1].append(operand)
+        return operand
 
-    def chain(operator: str, operand) -> bool:  # a | b | c, read left to right
+    def chain(operator: str, operand) -> tuple[bool, int]:  # a | b | c, read left to right
         nonlocal pos
-        value = operand()
+        value, highest = result = operand()
         while pos < len(text) and text[pos] == operator:
             pos += 1
-            right = operand()
-            value = mark((value or right) if operator == "|" else (value and right))
-        return value
+            right, right_height = operand()
+            highest = max(highest, right_height)
+            value = (value or right) if operator == "|" else (value and right)
+            result = mark((value, highest + 1))  # the whole chain is one level
+        return result
 
-    def expression() -> bool:  # AND binds tighter than OR
+    def expression() -> tuple[bool, int]:  # AND binds tighter than OR
         return chain("|", lambda: chain("&", unary))
 
-    def unary() -> bool:
+    def unary() -> tuple[bool, int]:
         nonlocal pos
         pos += 1
         if text[pos - 1] == "!":
-            return mark(not unary())
+            value, height = unary()
+            return mark((not value, height + 1))
         if text[pos - 1] == "(":
-            value = expression()
+            group = expression()
             marks[pos - 1].pop()  # the group itself: it ends at its ")"
             pos += 1
-            return mark(value)
-        return mark(text[pos - 1] == "T")
+            return mark(group)
+        return mark((text[pos - 1] == "T", 0))
 
     expression()
-    return [ends[-1] if ends else -100 for ends in marks]
+    return [ends[-1] if ends else None for ends in marks]
 
 
 def _cap(k: int, limit: int) -> int:
